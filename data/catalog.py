@@ -1,0 +1,54 @@
+"""The project's data catalog: every downloadable file with its official URL, size and sha256.
+
+`data/catalog.yaml` is the single source of truth; this module only parses and validates it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+
+
+class CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="path inside the dataset folder (and under DATA_MIRROR/<dataset>/)")
+    url: str = Field(description="official download URL")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0, description="size in bytes")
+
+
+class CatalogDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str
+    license: str
+    source: str
+    files: list[CatalogFile]
+
+
+@lru_cache(maxsize=None)
+def load_catalog(path: Path = CATALOG_PATH) -> dict[str, CatalogDataset]:
+    """Parse and validate the catalog; a malformed entry raises ValueError naming the dataset and field."""
+    raw = yaml.safe_load(Path(path).read_text())
+    catalog: dict[str, CatalogDataset] = {}
+    for name, entry in raw.items():
+        try:
+            catalog[name] = CatalogDataset.model_validate(entry)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{path}: dataset {name!r}, field {loc}: {first['msg']}") from err
+    return catalog
+
+
+def dataset(name: str) -> CatalogDataset:
+    catalog = load_catalog()
+    if name not in catalog:
+        raise KeyError(f"dataset {name!r} is not in {CATALOG_PATH} (known: {', '.join(sorted(catalog))})")
+    return catalog[name]

@@ -1,0 +1,103 @@
+"""One download mechanism for every dataset of the project.
+
+For each catalog file: read ``$DATA_MIRROR/<dataset>/<path>`` first (a read-only local mirror of the
+official files), otherwise the official URL. The bytes are written to a temporary file beside the
+destination, their size and sha256 are verified, and only then is the file renamed into place, so an
+interrupted or corrupt download never leaves a half-written file behind. A file already present with the
+right hash is not fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from data.catalog import CatalogFile, dataset
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """Neither the mirror nor the official URL could provide a file."""
+
+
+class ChecksumError(RuntimeError):
+    """A file's bytes do not match the catalog's sha256 (or size)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _copy_stream(src, dst_path: Path) -> None:
+    with open(dst_path, "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)
+
+
+def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | None, timeout: float = 60.0) -> str:
+    """Fetch one catalog file into ``dest_dir``; return 'present', 'mirror' or 'url'."""
+    dest = dest_dir / entry.path
+    if dest.exists() and dest.stat().st_size == entry.size and sha256_file(dest) == entry.sha256:
+        return "present"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tried: list[str] = []
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        origin = None
+        if mirror:
+            src = Path(mirror) / ds_name / entry.path
+            if src.is_file():
+                with open(src, "rb") as f:
+                    _copy_stream(f, tmp)
+                origin = f"mirror {src}"
+            else:
+                tried.append(f"mirror {src}: not found")
+        else:
+            tried.append("mirror: DATA_MIRROR is not set")
+        if origin is None:
+            try:
+                with urllib.request.urlopen(entry.url, timeout=timeout) as resp:
+                    _copy_stream(resp, tmp)
+                origin = f"url {entry.url}"
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                tried.append(f"url {entry.url}: {err}")
+        if origin is None:
+            raise DownloadError(
+                f"cannot fetch {ds_name}/{entry.path}; tried " + "; ".join(tried)
+            )
+        size = tmp.stat().st_size
+        actual = sha256_file(tmp)
+        if actual != entry.sha256 or size != entry.size:
+            raise ChecksumError(
+                f"checksum mismatch for {ds_name}/{entry.path} from {origin}: "
+                f"expected sha256 {entry.sha256} ({entry.size} bytes), got sha256 {actual} ({size} bytes)"
+            )
+        os.replace(tmp, dest)
+        return origin.split(" ", 1)[0]
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fetch_dataset(name: str, dest_dir: str | Path, mirror: str | None = None, progress: bool = True) -> dict[str, str]:
+    """Fetch every file of catalog dataset ``name`` into ``dest_dir``; return {path: origin}."""
+    from tqdm import tqdm
+
+    ds = dataset(name)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    origins = {}
+    for entry in tqdm(ds.files, desc=f"download {name}", unit="file", disable=not progress):
+        origins[entry.path] = fetch_file(name, entry, dest_dir, mirror)
+    return origins

@@ -1,0 +1,34 @@
+"""DVC stage ``download@<dataset>``: fetch a catalog dataset (mirror first, then official URL).
+
+Usage: ``python -m data.stages.download --dataset melu_movielens --out data/raw/melu_movielens``.
+The mirror is read from the ``DATA_MIRROR`` environment variable (never written to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from data.download import ChecksumError, DownloadError, fetch_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        origins = fetch_dataset(args.dataset, args.out, mirror=os.environ.get("DATA_MIRROR"))
+    except (DownloadError, ChecksumError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    counts: dict[str, int] = {}
+    for origin in origins.values():
+        counts[origin] = counts.get(origin, 0) + 1
+    print(f"{args.dataset}: {len(origins)} files verified in {args.out} ({counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

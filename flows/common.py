@@ -1,0 +1,44 @@
+"""Shared pieces of every model flow: environment defaults, run tags, CLI overrides."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from models.common import tracking
+
+
+def configure_environment() -> None:
+    """Embedded defaults for command-line runs: local SQLite MLflow, ephemeral Prefect, no telemetry."""
+    tracking.ensure_tracking_env()
+    for key, value in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['train.epochs=3', 'train.meta_order=first'] -> {'train.epochs': 3, ...} (values parsed as YAML)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise SystemExit(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def run_tags(stage: str, model: str) -> dict[str, str]:
+    tags = {
+        "git_commit": tracking.git_commit(),
+        "prefect.flow_run_id": tracking.prefect_flow_run_id(),
+        "model": model,
+        "dvc.stage": stage,
+    }
+    for path, md5 in tracking.dvc_lock_hashes(stage).items():
+        tags[f"dvc.dep.{path}"] = md5
+    return tags

@@ -1,0 +1,75 @@
+"""MeLU flow: train -> evaluate -> evidence candidates -> log model -> register (champion/challenger).
+
+Run by the DVC stage ``train_melu`` (``python -m flows.melu``) and by the Prefect deployment ``melu``
+(``sync_data=True`` so the scheduled run first brings the data up to date with DVC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow
+
+from flows.common import configure_environment, parse_overrides, run_tags
+from models.common import tracking
+from models.common.config import load_section
+from models.melu.config import MeluConfig
+from tasks.data import ensure_data
+from tasks.melu import evaluate_melu, evidence_candidates, log_melu_model, train_melu
+from tasks.registry import register_and_promote
+
+DATA_TARGETS = ["download@melu_movielens", "preprocess_melu"]
+
+
+@flow(name="melu", log_prints=True)
+def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, sync_data: bool = False, register: bool = True) -> dict:
+    """Train, evaluate and register MeLU; returns the final metrics and the registry decision."""
+    overrides = overrides or {}
+    cfg = load_section(MeluConfig, "melu", params_path, overrides)  # fail fast on a bad key or type
+    if sync_data:
+        ensure_data(DATA_TARGETS)
+    tags = run_tags("train_melu", "melu")
+    tags.update({"meta_order": cfg.train.meta_order, "local_steps": str(cfg.train.local_steps)})
+    run_id = tracking.start_run(cfg.registry.experiment, f"melu-{cfg.train.local_steps}-{cfg.train.meta_order}", tags)
+    status = "FAILED"
+    try:
+        tracking.log_params(run_id, {"melu": cfg.model_dump(mode="json")})
+        tracking.log_json(run_id, cfg.model_dump(mode="json"), "config/resolved_config.json")
+        out_dir = str(Path("outputs") / "melu" / run_id)
+        trained = train_melu(params_path, overrides, run_id, out_dir)
+        metrics = evaluate_melu(params_path, overrides, run_id, trained["weights"], trained["history"])
+        if cfg.evidence.enabled:
+            evidence_candidates(params_path, overrides, run_id, trained["weights"], out_dir)
+        result = {"run_id": run_id, "metrics": metrics}
+        if register:
+            model_uri = log_melu_model(params_path, overrides, run_id, trained["weights"])
+            r = cfg.registry
+            result["registry"] = register_and_promote(model_uri, r.model_name, run_id, r.gate_metric, metrics[r.gate_metric], r.gate_mode)
+        status = "FINISHED"
+        return result
+    finally:
+        tracking.client().set_terminated(run_id, status=status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run the MeLU flow (train -> evaluate -> register).")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the melu section, e.g. --set train.epochs=3")
+    ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
+    ap.add_argument("--no-register", action="store_true")
+    ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
+    args = ap.parse_args(argv)
+    configure_environment()
+    result = melu_flow(args.params, parse_overrides(args.overrides), args.sync_data, not args.no_register)
+    if args.record:
+        tracking.atomic_write_json(args.record, result)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

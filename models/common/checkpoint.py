@@ -1,0 +1,132 @@
+"""Checkpoints and the shared epoch loop: atomic writes, resume, non-finite loss guard.
+
+A checkpoint is one ``torch.save`` file per epoch (model + optimizer + epoch + history + config
+fingerprint + seed), written to a temporary file and renamed, so a kill never leaves a truncated
+checkpoint. :func:`run_epochs` resumes from the newest checkpoint in its directory; because every
+source of randomness in an epoch is derived from (seed, epoch), a resumed run ends with exactly the
+metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+_CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint directory holds a run with a different configuration."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_checkpoint(ckpt_dir: str | Path, epoch: int, state: dict, keep_last: int = 2) -> Path:
+    path = atomic_torch_save(state, Path(ckpt_dir) / f"epoch-{epoch:04d}.pt")
+    for _, old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def check_finite(loss: torch.Tensor | float, *, epoch: int, step: int, ckpt_dir: str | Path) -> None:
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        last = latest_checkpoint(ckpt_dir)
+        where = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"non-finite loss {value} at epoch {epoch + 1}, step {step}; training stopped ({where})")
+
+
+def run_epochs(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    ckpt_dir: str | Path,
+    fingerprint: str,
+    seed: int,
+    train_epoch: Callable[[int], dict[str, float]],
+    on_epoch_end: Iterable[Callable[[int, dict[str, float]], None]] = (),
+    resume: bool = True,
+    keep_last: int = 2,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Run ``train_epoch(epoch)`` for the remaining epochs, checkpointing after each one.
+
+    Returns the per-epoch metric history (including epochs restored from a checkpoint).
+
+    Raises:
+        CheckpointMismatchError: the newest checkpoint in ``ckpt_dir`` was written with another config.
+        NonFiniteLossError: raised by ``train_epoch`` (via :func:`check_finite`); no checkpoint is written.
+    """
+    start, history = 0, []
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        state = load_checkpoint(last)
+        if state["fingerprint"] != fingerprint:
+            raise CheckpointMismatchError(
+                f"{last} was written by a run with config fingerprint {state['fingerprint']}, "
+                f"this run has {fingerprint}; use another checkpoint directory or delete it"
+            )
+        if state["seed"] != seed:
+            warnings.warn(f"resuming from {last} saved with seed {state['seed']}, this run has seed {seed}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = int(state["epoch"]), list(state["history"])
+    bar = tqdm(range(start, epochs), desc="epochs", initial=start, total=epochs, disable=not progress)
+    for epoch in bar:
+        metrics = {k: float(v) for k, v in train_epoch(epoch).items()}
+        history.append(metrics)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "history": history,
+            "fingerprint": fingerprint,
+            "seed": seed,
+        }
+        save_checkpoint(ckpt_dir, epoch + 1, state, keep_last=keep_last)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
+        for cb in on_epoch_end:
+            cb(epoch, metrics)
+    return history

@@ -1,0 +1,120 @@
+"""MLflow utilities with explicit run ids (safe under Prefect's task runners).
+
+Nothing here calls ``mlflow.set_tracking_uri``: the tracking store comes from ``MLFLOW_TRACKING_URI``
+(the Makefile and the flow entry points default it to ``sqlite:///mlflow.db`` in the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def ensure_tracking_env() -> str:
+    """Default the tracking store for command-line entry points (not for library code)."""
+    return os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def dvc_lock_hashes(stage: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """The md5 of every dep of ``stage`` as recorded in dvc.lock ({} when the stage is not locked yet)."""
+    p = Path(lock_path)
+    if not p.exists():
+        return {}
+    lock = yaml.safe_load(p.read_text()) or {}
+    entry = (lock.get("stages") or {}).get(stage) or {}
+    return {d["path"]: d.get("md5", d.get("hash", "")) for d in entry.get("deps", [])}
+
+
+def prefect_flow_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "")
+    except Exception:  # noqa: BLE001 - outside Prefect there is simply no id
+        return ""
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    """Create a run (not an 'active' run) and return its id."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = flatten(params)
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flat.items()]
+    c = client()
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    c = client()
+    items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i : i + 500])
+
+
+def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
+    client().log_dict(run_id, obj, artifact_file)
+
+
+def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), artifact_path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

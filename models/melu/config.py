@@ -1,0 +1,98 @@
+"""Typed configuration of MeLU (``params.yaml`` section ``melu``); see params.yaml for every key's meaning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from models.common.config import StrictConfig
+
+
+class MeluDataConfig(StrictConfig):
+    raw_dir: str = "data/raw/melu_movielens"
+    processed_dir: str = "data/processed/melu"
+    min_ratings: int = Field(13, ge=1)
+    max_ratings: int = Field(100, ge=1)
+    query_size: int = Field(10, ge=1)
+    episode_seed: int = 0
+
+
+class MeluModelConfig(StrictConfig):
+    embedding_dim: int = Field(32, ge=1)
+    hidden: list[int] = [64, 64]
+
+
+class MeluTrainConfig(StrictConfig):
+    local_lr: float = Field(5e-6, gt=0)
+    global_lr: float = Field(5e-5, gt=0)
+    local_steps: int = Field(5, ge=1)
+    meta_order: Literal["first", "second"] = "second"
+    meta_batch_size: int = Field(32, ge=1)
+    epochs: int = Field(30, ge=1)
+    global_optimizer: Literal["adam", "sgd_sum"] = "adam"
+    drop_last: bool = True
+    init_seed: int = 0
+    order_seed: int = 0
+    device: str = "auto"
+    checkpoint_dir: str = "checkpoints/melu"
+    resume: bool = True
+
+
+class MeluEvalConfig(StrictConfig):
+    states: list[str] = ["warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state"]
+    ndcg_k: list[int] = [1, 3]
+    batch_users: int = Field(256, ge=1)
+
+
+class MeluEvidenceConfig(StrictConfig):
+    enabled: bool = True
+    top_k: int = Field(20, ge=1)
+    grad_params: Literal["decision", "all"] = "decision"
+    norm: Literal["sum_per_tensor", "global"] = "sum_per_tensor"
+    batch_pairs: int = Field(4096, ge=1)
+
+
+class BaselineConfig(StrictConfig):
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    l2: float = Field(0.0, ge=0)
+    use_test_support: bool = True
+
+
+class MeluBaselinesConfig(StrictConfig):
+    wide_deep: BaselineConfig = BaselineConfig()
+    ppr: BaselineConfig = BaselineConfig(lr=5e-3, l2=1e-4)
+
+
+class MeluRegistryConfig(StrictConfig):
+    model_name: str = "melu"
+    experiment: str = "melu"
+    gate_metric: str = "cold_mae_mean"
+    gate_mode: Literal["min", "max"] = "min"
+
+
+class MeluConfig(StrictConfig):
+    data: MeluDataConfig = MeluDataConfig()
+    model: MeluModelConfig = MeluModelConfig()
+    train: MeluTrainConfig = MeluTrainConfig()
+    eval: MeluEvalConfig = MeluEvalConfig()
+    evidence: MeluEvidenceConfig = MeluEvidenceConfig()
+    baselines: MeluBaselinesConfig = MeluBaselinesConfig()
+    registry: MeluRegistryConfig = MeluRegistryConfig()
+    metrics_path: str = "metrics/melu.json"
+    plots_dir: str = "plots/melu"
+
+    @classmethod
+    def tiny(cls, **overrides) -> "MeluConfig":
+        """A small config for tests: 8-d embeddings, 16-wide MLP, 2 epochs, larger learning rates."""
+        from models.common.config import deep_update, validate
+
+        base = {
+            "model": {"embedding_dim": 8, "hidden": [16, 16]},
+            "train": {"epochs": 2, "local_steps": 2, "meta_batch_size": 8, "global_lr": 1e-2, "local_lr": 1e-2},
+            "evidence": {"top_k": 5},
+            "baselines": {"wide_deep": {"epochs": 1}, "ppr": {"epochs": 1}},
+        }
+        return validate(cls, deep_update(base, overrides))

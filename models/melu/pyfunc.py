@@ -1,0 +1,94 @@
+"""MLflow pyfunc for MeLU: score candidate items for a new user after local adaptation.
+
+Input: a DataFrame, one row per request, with columns
+``gender`` (str, e.g. "M"), ``age`` (str, one of the ML-1M age codes "1", "18", ...), ``occupation`` (str "0".."20"),
+``zip`` (str; first 5 characters used), ``support_items`` (list of movie ids the user rated),
+``support_ratings`` (list of ratings 1-5, same length), ``candidate_items`` (list of movie ids to score).
+Output: one row per (request, candidate): ``request``, ``rank`` (1 = best), ``movie_id``, ``title``,
+``predicted_rating``, best first within each request. With an empty support set the prediction is the
+meta-learned prior (no local step).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+try:  # mlflow is a dependency of the package; the guard keeps the module importable for docs/tools
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+USER_COLUMNS = ("gender", "age", "occupation", "zip")
+LIST_COLUMNS = ("support_items", "support_ratings", "candidate_items")
+
+
+class MeluPyfunc(PythonModel):
+    def load_context(self, context) -> None:
+        from models.melu.data import Bag
+        from models.melu.modeling import MeLU
+
+        meta = json.loads(open(context.artifacts["meta"]).read())
+        self.vocab = json.loads(open(context.artifacts["vocab"]).read())
+        items = pd.read_parquet(context.artifacts["items"])
+        self.local_steps, self.local_lr = int(meta["local_steps"]), float(meta["local_lr"])
+        self.model = MeLU({k: len(v) for k, v in self.vocab.items()}, meta["embedding_dim"], meta["hidden"])
+        self.model.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+        self.model.eval()
+        self.row = {int(m): i for i, m in enumerate(items.movie_id)}
+        self.titles = dict(zip(items.movie_id.astype(int), items.title))
+        with torch.no_grad():
+            rate = torch.as_tensor(items.rate.to_numpy(), dtype=torch.long)
+            bags = {f: Bag.from_lists(items[f].tolist()) for f in ("genre", "director", "actor")}
+            self.item_vecs = self.model.item_encoder(rate, bags)
+        self.index = {k: {w: i for i, w in enumerate(v)} for k, v in self.vocab.items()}
+
+    def _user_row(self, rec: dict, r: int) -> list[int]:
+        ids = []
+        for field in USER_COLUMNS:
+            value = str(rec[field])[:5] if field == "zip" else str(rec[field])
+            if value not in self.index[field]:
+                raise ValueError(f"request {r}: field {field!r}: unknown value {value!r} (expected one of the training vocabulary)")
+            ids.append(self.index[field][value])
+        return ids
+
+    def _items(self, values, r: int, field: str) -> list[int]:
+        rows = []
+        for m in list(values):
+            if int(m) not in self.row:
+                raise ValueError(f"request {r}: field {field!r}: movie id {m} has no metadata in the model's item table")
+            rows.append(self.row[int(m)])
+        return rows
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from models.melu.meta import adapt
+
+        missing = [c for c in (*USER_COLUMNS, *LIST_COLUMNS) if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"input is missing column(s) {missing}; expected {list(USER_COLUMNS) + list(LIST_COLUMNS)}")
+        out = []
+        for r, rec in enumerate(model_input.to_dict(orient="records")):
+            s_items = self._items(rec["support_items"], r, "support_items")
+            s_y = [float(v) for v in list(rec["support_ratings"])]
+            if len(s_y) != len(s_items):
+                raise ValueError(f"request {r}: support_ratings has {len(s_y)} values for {len(s_items)} support_items")
+            cands = list(rec["candidate_items"])
+            c_rows = self._items(cands, r, "candidate_items")
+            with torch.no_grad():
+                user = self.model.user_encoder(torch.as_tensor([self._user_row(rec, r)]))
+                x_c = self.model.join(self.item_vecs[torch.as_tensor(c_rows)].unsqueeze(0), user)
+            if s_items:
+                with torch.no_grad():
+                    x_s = self.model.join(self.item_vecs[torch.as_tensor(s_items)].unsqueeze(0), user)
+                fast = adapt(self.model, x_s, torch.tensor([s_y]), None, self.local_steps, self.local_lr, "first", track_meta_grad=False)
+            else:
+                fast = None
+            with torch.no_grad():
+                pred = self.model.decide(x_c, fast).squeeze(0).numpy()
+            order = np.lexsort((np.asarray(cands, dtype=np.int64), -pred))
+            for rank, j in enumerate(order, 1):
+                out.append({"request": r, "rank": rank, "movie_id": int(cands[j]), "title": self.titles[int(cands[j])], "predicted_rating": float(pred[j])})
+        return pd.DataFrame(out, columns=["request", "rank", "movie_id", "title", "predicted_rating"])
