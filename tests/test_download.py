@@ -1,0 +1,73 @@
+"""The one download mechanism: mirror first, URL second, sha256 verified, atomic, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from data import download
+from data.catalog import CatalogDataset, CatalogFile, load_catalog
+from tests.conftest import mirror_dir
+
+
+def _entry(path: str, content: bytes, url: str = "http://127.0.0.1:9/unreachable") -> CatalogFile:
+    return CatalogFile(path=path, url=url, sha256=hashlib.sha256(content).hexdigest(), size=len(content))
+
+
+def _dataset(entries):
+    return CatalogDataset(description="t", license="t", source="t", files=entries)
+
+
+def test_fetch_from_mirror_verifies_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror" / "ds"
+    mirror.mkdir(parents=True)
+    (mirror / "a.txt").write_bytes(b"hello")
+    monkeypatch.setattr(download, "dataset", lambda name: _dataset([_entry("a.txt", b"hello")]))
+    out = tmp_path / "out"
+    assert download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False) == {"a.txt": "mirror"}
+    assert (out / "a.txt").read_bytes() == b"hello"
+    assert download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False) == {"a.txt": "present"}
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+
+
+def test_checksum_mismatch_names_file_and_both_hashes_and_writes_nothing(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror" / "ds"
+    mirror.mkdir(parents=True)
+    (mirror / "a.txt").write_bytes(b"tampered")
+    entry = _entry("a.txt", b"hello")
+    monkeypatch.setattr(download, "dataset", lambda name: _dataset([entry]))
+    out = tmp_path / "out"
+    with pytest.raises(download.ChecksumError) as err:
+        download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False)
+    msg = str(err.value)
+    assert "ds/a.txt" in msg and entry.sha256 in msg and hashlib.sha256(b"tampered").hexdigest() in msg
+    assert list(out.iterdir()) == []  # nothing half-written stays
+
+
+def test_unreachable_mirror_and_url_names_both_places(tmp_path, monkeypatch):
+    entry = _entry("a.txt", b"hello")
+    monkeypatch.setattr(download, "dataset", lambda name: _dataset([entry]))
+    with pytest.raises(download.DownloadError) as err:
+        download.fetch_dataset("ds", tmp_path / "out", mirror=str(tmp_path / "nomirror"), progress=False)
+    msg = str(err.value)
+    assert str(tmp_path / "nomirror" / "ds" / "a.txt") in msg and entry.url in msg
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_catalog_entries_are_valid_and_have_official_urls():
+    catalog = load_catalog()
+    assert "melu_movielens" in catalog
+    for name, ds in catalog.items():
+        assert ds.license and ds.files
+        for f in ds.files:
+            assert f.url.startswith("https://"), (name, f.path)
+
+
+@pytest.mark.mirror
+def test_catalog_checksums_match_the_mirror(tmp_path):
+    mirror_dir("melu_movielens")
+    import os
+
+    origins = download.fetch_dataset("melu_movielens", tmp_path, mirror=os.environ["DATA_MIRROR"], progress=False)
+    assert set(origins.values()) == {"mirror"} and len(origins) == 19
