@@ -25,7 +25,7 @@ DATA_TARGETS = ["download@melu_movielens", "preprocess_melu"]
 
 
 @flow(name="melu", log_prints=True)
-def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, sync_data: bool = False, register: bool = True) -> dict:
+def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, sync_data: bool = False, register_model: bool = True) -> dict:
     """Train, evaluate and register MeLU; returns the final metrics and the registry decision."""
     overrides = overrides or {}
     cfg = load_section(MeluConfig, "melu", params_path, overrides)  # fail fast on a bad key or type
@@ -44,7 +44,7 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         if cfg.evidence.enabled:
             evidence_candidates(params_path, overrides, run_id, trained["weights"], out_dir)
         result = {"run_id": run_id, "metrics": metrics}
-        if register:
+        if register_model:
             model_uri = log_melu_model(params_path, overrides, run_id, trained["weights"])
             r = cfg.registry
             result["registry"] = register_and_promote(model_uri, r.model_name, run_id, r.gate_metric, metrics[r.gate_metric], r.gate_mode)

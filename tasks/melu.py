@@ -146,7 +146,9 @@ def log_melu_model(params_path: str, overrides: dict, run_id: str, weights: str)
                                      "embedding_dim": cfg.model.embedding_dim, "hidden": list(cfg.model.hidden)}))
     items = pd.read_parquet(proc / "items.parquet")
     mids = items.movie_id.tolist()
-    example = pd.DataFrame([{"gender": "F", "age": "25", "occupation": "4", "zip": "55455",
+    vocab = json.loads((proc / "vocab.json").read_text())
+    example = pd.DataFrame([{"gender": vocab["gender"][-1], "age": vocab["age"][min(2, len(vocab["age"]) - 1)],
+                             "occupation": vocab["occupation"][0], "zip": vocab["zip"][0],
                              "support_items": mids[:3], "support_ratings": [5.0, 3.0, 4.0], "candidate_items": mids[3:8]}])
     artifacts = {"weights": weights, "items": str(proc / "items.parquet"), "vocab": str(proc / "vocab.json"), "meta": str(meta_path)}
     py = MeluPyfunc()

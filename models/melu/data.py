@@ -86,7 +86,7 @@ def load_tables(processed_dir: str | Path) -> MeluTables:
     return MeluTables(
         vocab_sizes={k: len(v) for k, v in vocab.items()},
         item_ids=items.movie_id.to_numpy(),
-        item_rate=torch.as_tensor(items.rate.to_numpy(), dtype=torch.long),
+        item_rate=torch.as_tensor(items.rate.to_numpy().copy(), dtype=torch.long),
         item_bags={f: Bag.from_lists(items[f].tolist()) for f in ITEM_BAGS},
         user_ids=users.user_id.to_numpy(),
         user_fields=torch.as_tensor(users[list(USER_FIELDS)].to_numpy(), dtype=torch.long),

@@ -1,0 +1,124 @@
+"""End-to-end: the MeLU Prefect flow on a tiny config into a temporary MLflow store, then serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _params_file(tmp_path, cfg) -> str:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"melu": cfg.model_dump(mode="json")}))
+    return str(p)
+
+
+@pytest.fixture
+def flow_result(prefect_harness, mlflow_store, tiny_cfg, tmp_path, monkeypatch):
+    from flows.melu import melu_flow
+
+    monkeypatch.chdir(tmp_path)
+    params = _params_file(tmp_path, tiny_cfg)
+    return melu_flow(params_path=params), params
+
+
+def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg, tmp_path):
+    result, params = flow_result
+    c = MlflowClient()
+    run = c.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("git_commit", "prefect.flow_run_id", "model"):
+        assert key in run.data.tags
+    assert run.data.tags["prefect.flow_run_id"]
+    assert run.data.params["melu.train.local_steps"] == str(tiny_cfg.train.local_steps)
+    history = c.get_metric_history(result["run_id"], "train_query_mse")
+    assert [m.step for m in history] == list(range(1, tiny_cfg.train.epochs + 1))
+    for state in ("warm", "user_cold", "item_cold", "user_and_item_cold"):
+        assert 0 < result["metrics"][f"{state}_mae"] < 4 and 0 < result["metrics"][f"{state}_ndcg_at_3"] <= 1
+    # DVC metrics/plots files and MLflow artifacts
+    metrics = json.loads(open(tiny_cfg.metrics_path).read())["melu"]
+    assert metrics["cold_mae_mean"] == pytest.approx(result["metrics"]["cold_mae_mean"])
+    assert (tmp_path / "plots" / "learning_curve.csv").read_text().count("\n") == tiny_cfg.train.epochs + 1
+    arts = {a.path for a in c.list_artifacts(result["run_id"], "evidence")}
+    assert {"evidence/evidence_candidates.csv", "evidence/top_k.json"} <= arts
+    top = json.loads(open(mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="evidence/top_k.json")).read())
+    assert len(top) == tiny_cfg.evidence.top_k and [t["rank"] for t in top] == list(range(1, tiny_cfg.evidence.top_k + 1))
+    # registry: first version is champion
+    assert result["registry"]["promoted"]
+    champ = c.get_model_version_by_alias("melu", "champion")
+    assert champ.run_id == result["run_id"]
+    # the pyfunc adapts on the support set and ranks candidates best first
+    model = mlflow.pyfunc.load_model("models:/melu@champion")
+    req = pd.DataFrame([{"gender": "M", "age": "25", "occupation": "4", "zip": "10003", "support_items": [1, 2, 3],
+                         "support_ratings": [5.0, 1.0, 4.0], "candidate_items": [10, 11, 12, 13]}])
+    out = model.predict(req)
+    assert list(out.movie_id.sort_values()) == [10, 11, 12, 13] and list(out["rank"]) == [1, 2, 3, 4]
+    assert out.predicted_rating.is_monotonic_decreasing
+    with pytest.raises(Exception, match="zip"):
+        model.predict(req.assign(zip="99999"))
+
+
+def test_second_flow_with_worse_gate_stays_challenger(flow_result, tiny_cfg, tmp_path):
+    from flows.melu import melu_flow
+
+    result, params = flow_result
+    worse = melu_flow(params_path=params, overrides={"train.epochs": 1, "train.global_lr": 1e-6, "evidence.enabled": False})
+    c = MlflowClient()
+    assert worse["metrics"]["cold_mae_mean"] > result["metrics"]["cold_mae_mean"]
+    assert not worse["registry"]["promoted"]
+    assert c.get_model_version_by_alias("melu", "champion").run_id == result["run_id"]
+    assert c.get_model_version_by_alias("melu", "challenger").run_id == worse["run_id"]
+    comparison = json.loads(open(mlflow.artifacts.download_artifacts(run_id=worse["run_id"], artifact_path="registry/comparison.json")).read())
+    assert comparison["champion_version"] == str(c.get_model_version_by_alias("melu", "champion").version)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
+    port = _free_port()
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_bin = os.path.join(bindir, "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/melu@champion", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited: {proc.stdout.read()[-3000:]}")
+                time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"gender": "F", "age": "35", "occupation": "1", "zip": "10002",
+                                                  "support_items": [4, 5], "support_ratings": [2.0, 5.0],
+                                                  "candidate_items": [20, 21, 22]}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        rows = answer["predictions"]
+        assert sorted(r["movie_id"] for r in rows) == [20, 21, 22]
+        assert [r["rank"] for r in rows] == [1, 2, 3]
+        assert rows[0]["predicted_rating"] >= rows[-1]["predicted_rating"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
