@@ -10,9 +10,12 @@
   the active (user feature, item feature) pairs of each rating and fitted with MSE + L2 on the touched
   entries. (Park & Chu also describe a pairwise per-user loss; the regression form is the spec's.)
 
-Training data [reconstruction; the paper does not say]: the warm-state episodes (support and query) and,
-with ``use_test_support``, the support sets of the evaluated cold-state users, i.e. the same ratings
-MeLU sees at test time through local adaptation. Baselines are not adapted per user.
+Training data [reconstruction; the paper does not say]: the warm-state episodes (support and query), so
+new users and new items are scored from their content features alone (the reason the paper excludes
+collaborative filtering). ``use_test_support`` also trains on the support sets of the cold-state users:
+the ratings MeLU sees at test time, but pooled across users, so a "new" item becomes known to the
+global model from other test users' supports (transductive; reported separately as "+S").
+Baselines are not adapted per user.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class BaselineConfig(StrictConfig):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     l2: float = Field(0.0, ge=0)
-    use_test_support: bool = True
+    use_test_support: bool = False
 
 
 class MeluBaselinesConfig(StrictConfig):

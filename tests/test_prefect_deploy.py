@@ -1,0 +1,64 @@
+"""`prefect deploy --all` registers every deployment of prefect.yaml against a local Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_prefect_deploy_all_registers_every_deployment(tmp_path):
+    port = _free_port()
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"), "PATH": bindir + os.pathsep + os.environ["PATH"],
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_KEY", None)
+    server = subprocess.Popen([os.path.join(bindir, "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 150
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail("prefect server did not start: " + (server.stdout.read() if server.poll() is not None else "timeout"))
+                time.sleep(1)
+        prefect = os.path.join(bindir, "prefect")
+        run = lambda *a: subprocess.run([prefect, *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
+        r = run("work-pool", "create", "gpu", "--type", "process")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run("--no-prompt", "deploy", "--all")
+        assert r.returncode == 0, r.stdout + r.stderr
+        spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+        for dep in spec["deployments"]:
+            flow_name = dep["entrypoint"].split(":")[1].removesuffix("_flow")
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/deployments/name/{flow_name}/{dep['name']}")
+            got = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            assert got["work_pool_name"] == "gpu"
+            assert got["parameters"]["sync_data"] is True
+            assert [s["schedule"]["cron"] for s in got["schedules"]] == [dep["schedules"][0]["cron"]]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
