@@ -32,13 +32,14 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def run_tags(stage: str, model: str) -> dict[str, str]:
+def run_tags(stage: str, model: str, data_paths: list[str]) -> dict[str, str]:
+    """git commit, Prefect flow-run id and the dvc.lock hashes of the data the run reads."""
     tags = {
         "git_commit": tracking.git_commit(),
         "prefect.flow_run_id": tracking.prefect_flow_run_id(),
         "model": model,
         "dvc.stage": stage,
     }
-    for path, md5 in tracking.dvc_lock_hashes(stage).items():
-        tags[f"dvc.dep.{path}"] = md5
+    for path, md5 in tracking.dvc_output_hashes(data_paths).items():
+        tags[f"dvc.data.{path}"] = md5
     return tags

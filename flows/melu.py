@@ -31,7 +31,7 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
     cfg = load_section(MeluConfig, "melu", params_path, overrides)  # fail fast on a bad key or type
     if sync_data:
         ensure_data(DATA_TARGETS)
-    tags = run_tags("train_melu", "melu")
+    tags = run_tags("train_melu", "melu", [cfg.data.raw_dir, cfg.data.processed_dir])
     tags.update({"meta_order": cfg.train.meta_order, "local_steps": str(cfg.train.local_steps)})
     run_id = tracking.start_run(cfg.registry.experiment, f"melu-{cfg.train.local_steps}-{cfg.train.meta_order}", tags)
     status = "FAILED"

@@ -1,4 +1,4 @@
-"""Prefect tasks around DVC: bring data up to date (scheduled runs) and read input fingerprints.
+"""Prefect task around DVC: bring data up to date before a scheduled run.
 
 A flow started by a DVC stage must not call ``dvc repro`` (DVC holds the repository lock), so
 :func:`ensure_data` only runs when the flow's ``sync_data`` parameter is on (deployments), never from
@@ -11,7 +11,6 @@ import subprocess
 
 from prefect import task
 
-from models.common.tracking import dvc_lock_hashes
 
 
 def _dvc(*args: str) -> str:
@@ -28,9 +27,3 @@ def ensure_data(targets: list[str], pull: bool = True) -> str:
     if pull and remotes:
         _dvc("pull", *targets)
     return _dvc("repro", *targets)
-
-
-@task
-def input_fingerprint(stage: str) -> dict[str, str]:
-    """The dvc.lock md5 of every dependency of ``stage`` (the MLflow run's data tags)."""
-    return dvc_lock_hashes(stage)

@@ -38,14 +38,22 @@ def git_commit(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
-def dvc_lock_hashes(stage: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """The md5 of every dep of ``stage`` as recorded in dvc.lock ({} when the stage is not locked yet)."""
+def dvc_output_hashes(paths: list[str], lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """The md5 that dvc.lock records for each of ``paths`` as the output of an (upstream) stage.
+
+    DVC writes a stage's lock entry when the stage finishes, so while the train stage runs, the data it
+    reads is already locked as the outputs of the download/preprocess stages.
+    """
     p = Path(lock_path)
     if not p.exists():
         return {}
     lock = yaml.safe_load(p.read_text()) or {}
-    entry = (lock.get("stages") or {}).get(stage) or {}
-    return {d["path"]: d.get("md5", d.get("hash", "")) for d in entry.get("deps", [])}
+    found: dict[str, str] = {}
+    for entry in (lock.get("stages") or {}).values():
+        for out in entry.get("outs", []):
+            if out["path"] in paths:
+                found[out["path"]] = out.get("md5", out.get("hash", ""))
+    return found
 
 
 def prefect_flow_run_id() -> str:
