@@ -113,14 +113,17 @@ class Episodes:
         return len(self.user_ids)
 
     def subset(self, idx) -> "Episodes":
-        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        """The episodes of users ``idx``, with the support padding cut to the longest support set among them."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.user_rows.device)
+        mask = self.support_mask[idx_t]
+        width = int(mask.sum(1).max()) if len(idx_t) else 0
         return Episodes(
             self.state,
-            self.user_ids[np.asarray(idx)],
+            self.user_ids[np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)],
             self.user_rows[idx_t],
-            self.support_items[idx_t],
-            self.support_y[idx_t],
-            self.support_mask[idx_t],
+            self.support_items[idx_t, :width],
+            self.support_y[idx_t, :width],
+            mask[:, :width],
             self.query_items[idx_t],
             self.query_y[idx_t],
             self.query_movie_ids[idx_t],
