@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ for _k, _v in {
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = os.environ.get("DATA_MIRROR")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def mirror_dir(name: str) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,14 +85,8 @@ def test_second_flow_with_worse_gate_stays_challenger(flow_result, tiny_cfg, tmp
     assert comparison["champion_version"] == str(c.get_model_version_by_alias("melu", "champion").version)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
-    port = _free_port()
+    port = free_port()
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
     mlflow_bin = os.path.join(bindir, "mlflow")

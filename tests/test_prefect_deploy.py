@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,13 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_prefect_deploy_all_registers_every_deployment(tmp_path):
-    port = _free_port()
+    port = free_port()
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"), "PATH": bindir + os.pathsep + os.environ["PATH"],
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
