@@ -80,14 +80,14 @@ class MeluPyfunc(PythonModel):
             with torch.no_grad():
                 user = self.model.user_encoder(torch.as_tensor([self._user_row(rec, r)]))
                 x_c = self.model.join(self.item_vecs[torch.as_tensor(c_rows)].unsqueeze(0), user)
-            if s_items:
-                with torch.no_grad():
-                    x_s = self.model.join(self.item_vecs[torch.as_tensor(s_items)].unsqueeze(0), user)
-                fast = adapt(self.model, x_s, torch.tensor([s_y]), None, self.local_steps, self.local_lr, "first", track_meta_grad=False)
-            else:
-                fast = None
             with torch.no_grad():
-                pred = self.model.decide(x_c, fast).squeeze(0).numpy()
+                if s_items:
+                    x_s = self.model.join(self.item_vecs[torch.as_tensor(s_items)].unsqueeze(0), user)
+                    with torch.enable_grad():
+                        fast = adapt(self.model, x_s, torch.tensor([s_y]), None, self.local_steps, self.local_lr, "first", track_meta_grad=False)
+                    pred = fast.predict(x_c).squeeze(0).numpy()
+                else:  # no support set: the meta-learned prior
+                    pred = self.model.decide(x_c).squeeze(0).numpy()
             order = np.lexsort((np.asarray(cands, dtype=np.int64), -pred))
             for rank, j in enumerate(order, 1):
                 out.append({"request": r, "rank": rank, "movie_id": int(cands[j]), "title": self.titles[int(cands[j])], "predicted_rating": float(pred[j])})
