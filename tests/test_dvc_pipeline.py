@@ -43,7 +43,7 @@ def test_dvc_repro_twice_metrics_plots_and_champion(tmp_path):
     assert "up to date" in status.stdout, status.stdout
     metrics = json.loads(sh("dvc", "metrics", "show", "--json").stdout)
     flat = json.dumps(metrics)
-    assert "cold_mae_mean" in flat and "users_kept" in flat
+    assert "cold_mae_mean" in flat and "users_kept" in flat and "mean_length" in flat
     plots = sh("dvc", "plots", "show", "--json")
     assert plots.returncode == 0 and "learning_curve" in plots.stdout, plots.stderr
     record = json.loads((work / "outputs" / "melu" / "last_run.json").read_text())
