@@ -87,12 +87,15 @@ def run_epochs(
     seed: int,
     train_epoch: Callable[[int], dict[str, float]],
     on_epoch_end: Iterable[Callable[[int, dict[str, float]], None]] = (),
+    should_stop: Callable[[list[dict[str, float]]], bool] | None = None,
     resume: bool = True,
     keep_last: int = 2,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Run ``train_epoch(epoch)`` for the remaining epochs, checkpointing after each one.
 
+    ``should_stop(history)`` (e.g. early stopping) is checked after every checkpoint, also right after a
+    resume, so a resumed run stops where an uninterrupted one would.
     Returns the per-epoch metric history (including epochs restored from a checkpoint).
 
     Raises:
@@ -113,6 +116,8 @@ def run_epochs(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])
+    if should_stop is not None and history and should_stop(history):
+        return history
     bar = tqdm(range(start, epochs), desc="epochs", initial=start, total=epochs, disable=not progress)
     for epoch in bar:
         metrics = {k: float(v) for k, v in train_epoch(epoch).items()}
@@ -129,4 +134,6 @@ def run_epochs(
         bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
         for cb in on_epoch_end:
             cb(epoch, metrics)
+        if should_stop is not None and should_stop(history):
+            break
     return history

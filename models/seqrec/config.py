@@ -27,7 +27,7 @@ class FancConfig(StrictConfig):
     mass: Literal["learned", "constant"] = "learned"
     learn_g: bool = True  # G = softplus(g) learned, else G = 1
     eps: float = Field(1e-3, gt=0.0)
-    accel_clip: float = Field(10.0, gt=0.0)
+    accel_clip: float = Field(1.0, gt=0.0)  # spec: "e.g. 10"; 1.0 keeps the cell trainable with std-0.02 embeddings (see tests)
     gravity: bool = True  # False: ablation "no gravity" (u_t = u_0, a static unconscious state)
     gate: bool = True  # False: ablation "no gate" (h_t = c_t, conscious state only)
 

@@ -1,0 +1,127 @@
+"""Training and evaluation of the sequential recommenders (FaNC, GRU4Rec, SASRec): one loop for all.
+
+Features:
+- next-item prediction at every position of the training sequences, full-softmax cross-entropy over all
+  items (padding id 0 excluded), Adam;
+- early stopping on validation NDCG@10 with ``patience``; the best epoch's weights are kept in
+  ``best.pt`` beside the epoch checkpoints (atomic writes), and a resumed run stops where an
+  uninterrupted one would;
+- evaluation by full ranking (default) or the sampled-negatives protocol (labelled), HR/NDCG@K and MRR.
+
+Raises:
+    NonFiniteLossError: a batch loss is NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.common.checkpoint import atomic_torch_save, check_finite, load_checkpoint, run_epochs
+from models.common.seed import generator, select_device, set_seed
+from models.seqrec.config import SeqRecConfig
+from models.seqrec.data import EvalSplit, LeaveOneOut, leave_one_out, load_sequences
+from models.seqrec.metrics import ranking_metrics, ranks_from_scores, sampled_ranks
+from models.seqrec.modeling import build_model
+
+GATE_METRIC = "valid_ndcg_at_10"
+
+
+def fingerprint(cfg: SeqRecConfig) -> str:
+    blob = json.dumps({"data": cfg.data.model_dump(exclude={"processed_dir"}), "model": cfg.model.model_dump(),
+                       "train": cfg.train.model_dump(exclude={"device", "checkpoint_dir", "resume"})}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_data(cfg: SeqRecConfig) -> LeaveOneOut:
+    seqs, n_items = load_sequences(cfg.data.processed_dir, cfg.data.dataset)
+    return leave_one_out(seqs, n_items, cfg.data.max_len)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device: torch.device, seed: int = 0,
+             ks: Iterable[int] | None = None) -> dict[str, float]:
+    model.eval()
+    ranks = []
+    for start in range(0, len(split.targets), cfg.eval.batch_users):
+        sl = slice(start, start + cfg.eval.batch_users)
+        h = model(split.inputs[sl].to(device))[:, -1]
+        scores = model.score(h).float().cpu()
+        history = split.history[sl]
+        if cfg.eval.protocol == "full":
+            ranks.append(ranks_from_scores(scores, split.targets[sl], history if cfg.eval.mask_history else None))
+        else:
+            ranks.append(sampled_ranks(scores, split.targets[sl], history, cfg.eval.n_negatives, seed + start))
+    model.train()
+    return ranking_metrics(torch.cat(ranks), ks or cfg.eval.ks)
+
+
+def early_stop(patience: int) -> Callable[[list[dict[str, float]]], bool]:
+    def should_stop(history: list[dict[str, float]]) -> bool:
+        scores = [h[GATE_METRIC] for h in history]
+        best = int(np.argmax(scores))
+        return len(scores) - 1 - best >= patience
+    return should_stop
+
+
+def train(
+    cfg: SeqRecConfig,
+    data: LeaveOneOut | None = None,
+    ckpt_dir: str | None = None,
+    on_epoch_end: Iterable[Callable[[int, dict[str, float]], None]] = (),
+    progress: bool = True,
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train until early stopping; returns the best-validation model and the per-epoch history."""
+    device = select_device(cfg.train.device)
+    data = data or load_data(cfg)
+    t = cfg.train
+    set_seed(t.init_seed)
+    model = build_model(cfg.model, data.n_items, cfg.data.max_len).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    ckpt_dir = ckpt_dir or str(Path(t.checkpoint_dir) / fingerprint(cfg))
+    best_path = Path(ckpt_dir) / "best.pt"
+    best = {"score": -math.inf}
+    if t.resume and best_path.exists():
+        best["score"] = float(load_checkpoint(best_path)["score"])
+    users = len(data.train_inputs)
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        model.train()
+        perm = torch.randperm(users, generator=generator(t.order_seed, epoch))
+        total, n = 0.0, 0
+        for step, idx in enumerate(tqdm(perm.split(t.batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
+            inputs, targets = data.train_inputs[idx].to(device), data.train_targets[idx].to(device)
+            valid = targets > 0
+            if not valid.any():
+                continue
+            logits = model.score(model(inputs)[valid])
+            logits[:, 0] = -math.inf
+            loss = F.cross_entropy(logits, targets[valid])
+            check_finite(loss, epoch=epoch, step=step, ckpt_dir=ckpt_dir)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * int(valid.sum())
+            n += int(valid.sum())
+        metrics = {"train_loss": total / max(n, 1)}
+        ks = sorted(set(cfg.eval.ks) | {10})  # the early-stopping metric is NDCG@10
+        metrics.update({f"valid_{k}": v for k, v in evaluate(model, data.valid, cfg, device, ks=ks).items()})
+        if metrics[GATE_METRIC] > best["score"]:
+            best["score"] = metrics[GATE_METRIC]
+            state = {k: v.cpu() for k, v in model.state_dict().items()}
+            atomic_torch_save({"model": state, "score": best["score"], "epoch": epoch + 1}, best_path)
+        return metrics
+
+    history = run_epochs(model=model, optimizer=opt, epochs=t.epochs, ckpt_dir=ckpt_dir, fingerprint=fingerprint(cfg),
+                         seed=t.init_seed, train_epoch=train_epoch, on_epoch_end=on_epoch_end,
+                         should_stop=early_stop(t.patience), resume=t.resume, progress=progress)
+    model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+    return model, history
