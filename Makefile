@@ -45,4 +45,4 @@ melu-bench: venv ## MeLU epoch time and peak memory, batched vs per-user loop
 	$(PY) scripts/melu_benchmark.py --out docs/melu_benchmark.json
 
 clean: ## remove local runs, checkpoints and outputs (not the DVC cache)
-	rm -rf mlflow.db mlartifacts checkpoints outputs
+	rm -rf mlflow.db mlruns checkpoints outputs

@@ -89,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["MeLU-5", "MeLU-1", "Wide&Deep", "PPR"])
+    ap.add_argument("--methods", nargs="+", default=["MeLU-5", "MeLU-1", "Wide&Deep", "PPR", "Wide&Deep+S", "PPR+S"])
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--checkpoints", default="checkpoints/melu_table")
     ap.add_argument("--out", default="docs/melu_table.json")
