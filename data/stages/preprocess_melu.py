@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from data.atomic import atomic_directory
 
 STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
 VOCABS = {
@@ -165,20 +164,12 @@ def preprocess(raw: Path, out: Path, min_ratings: int = 13, max_ratings: int = 1
             "users_kept": int(kept.size),
             "ratings_kept": int(kept.sum()),
         }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         users.to_parquet(tmp / "users.parquet", index=False)
         items.to_parquet(tmp / "items.parquet", index=False)
         ratings.to_parquet(tmp / "ratings.parquet", index=False)
         (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return stats
 
 

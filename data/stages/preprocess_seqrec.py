@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from data.atomic import atomic_directory
 
 
 class DataFormatError(ValueError):
@@ -63,10 +62,8 @@ def statistics(df: pd.DataFrame) -> dict:
 
 
 def preprocess(raw: Path, out: Path, datasets: list[str]) -> dict[str, dict]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stats = {}
-    try:
+    with atomic_directory(out) as tmp:
         for name in datasets:
             df = parse_sequences(raw / f"{name}.txt")
             st = statistics(df)
@@ -74,12 +71,6 @@ def preprocess(raw: Path, out: Path, datasets: list[str]) -> dict[str, dict]:
                 raise DataFormatError(f"{raw / (name + '.txt')}: item ids are not contiguous 1..N ({st['items']} items, max id {st['max_item_id']})")
             df.to_parquet(tmp / f"{name}.parquet", index=False)
             stats[name] = st
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return stats
 
 
