@@ -34,7 +34,7 @@ from models.common.config import load_section
 from models.melu import recipe
 from models.melu.config import MeluConfig
 from models.melu.data import ITEM_BAGS
-from models.melu.meta import masked_mse, query_losses
+from models.melu.meta import query_losses
 from models.melu.modeling import MeLU
 
 
@@ -192,7 +192,7 @@ def main() -> None:
     speedup = {k: results[k]["epoch_seconds"] / b["epoch_seconds"] for k in ("loop_official", "loop_lean")}
     print(f"MeLU-{args.local_steps}, {args.meta_order}-order, warm state ({b['users']} users, {b['meta_batches']} meta-batches of 32), {args.threads} threads")
     print(f"meta-gradient max |batched - loop| on one meta-batch: {results['check']['max_abs_diff_meta_grad']:.2e}")
-    print(f"| implementation | s / epoch | peak RSS (MB) | how measured |\n|---|---|---|---|")
+    print("| implementation | s / epoch | peak RSS (MB) | how measured |\n|---|---|---|---|")
     for r in (b, results["loop_official"], results["loop_lean"]):
         print(f"| {r['impl']} | {r['epoch_seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['note']} |")
     print("speed-up of batched: " + ", ".join(f"{v:.1f}x vs {k}" for k, v in speedup.items()))

@@ -10,7 +10,6 @@ adaptation: the meta-learned prior) up to the given step counts, with the traini
 from __future__ import annotations
 
 import argparse
-import json
 
 from models.common.checkpoint import load_checkpoint
 from models.common.config import load_section
@@ -32,7 +31,7 @@ def main() -> None:
     model = MeLU.from_config(cfg.model, data.tables.vocab_sizes)
     model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
     rows = {}
-    print(f"| local steps | " + " | ".join(f"{s} MAE" for s in ("warm", "user_cold", "item_cold", "user_and_item_cold")) + " |")
+    print("| local steps | " + " | ".join(f"{s} MAE" for s in ("warm", "user_cold", "item_cold", "user_and_item_cold")) + " |")
     print("|---|---|---|---|---|")
     for steps in args.steps:
         c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"local_steps": steps})})

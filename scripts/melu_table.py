@@ -10,12 +10,10 @@ raw per-seed metrics as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.common.config import load_section
 from models.melu import recipe

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
