@@ -6,7 +6,6 @@ Tasks take and return paths, ids and small dicts (never tensors), and log to MLf
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -52,19 +51,6 @@ def train_melu(params_path: str, overrides: dict, run_id: str, out_dir: str) -> 
     return {"weights": str(weights), "history": history, "checkpoint_dir": ckpt_dir}
 
 
-def _write_curves(history: list[dict[str, float]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(history[0])
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", *keys])
-        for i, h in enumerate(history, 1):
-            w.writerow([i, *[f"{h[k]:.6f}" for k in keys]])
-    tmp.replace(path)
-    return path
-
-
 def _plot_curves(history: list[dict[str, float]], path: Path) -> Path:
     import matplotlib
 
@@ -99,7 +85,7 @@ def evaluate_melu(params_path: str, overrides: dict, run_id: str, weights: str, 
                         "episode_seed": cfg.data.episode_seed, "epochs": cfg.train.epochs}}
     tracking.atomic_write_json(cfg.metrics_path, payload)
     if history:
-        curves = _write_curves(history, Path(cfg.plots_dir) / "learning_curve.csv")
+        curves = tracking.write_history_csv(history, Path(cfg.plots_dir) / "learning_curve.csv")
         png = _plot_curves(history, Path(cfg.plots_dir) / "learning_curve.png")
         tracking.log_file(run_id, curves, "plots")
         tracking.log_file(run_id, png, "plots")

@@ -126,3 +126,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Per-epoch metrics as a CSV with an ``epoch`` column (DVC plots), written atomically."""
+    keys = list(history[0])
+    lines = [",".join(["epoch", *keys])]
+    lines += [",".join([str(i), *[f"{h[k]:.6f}" for k in keys]]) for i, h in enumerate(history, 1)]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
