@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+from typing import Callable
 
 import yaml
 
@@ -43,3 +46,21 @@ def run_tags(stage: str, model: str, data_paths: list[str]) -> dict[str, str]:
     for path, md5 in tracking.dvc_output_hashes(data_paths).items():
         tags[f"dvc.data.{path}"] = md5
     return tags
+
+
+def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None) -> int:
+    """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override a key of the model's params section, e.g. {example}")
+    ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
+    ap.add_argument("--no-register", action="store_true")
+    ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
+    args = ap.parse_args(argv)
+    configure_environment()
+    result = flow_fn(args.params, parse_overrides(args.overrides), args.sync_data, not args.no_register)
+    if args.record:
+        tracking.atomic_write_json(args.record, result)
+    print(json.dumps(result, indent=2, default=str))
+    return 0

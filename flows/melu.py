@@ -6,14 +6,12 @@ Run by the DVC stage ``train_melu`` (``python -m flows.melu``) and by the Prefec
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 from prefect import flow
 
-from flows.common import configure_environment, parse_overrides, run_tags
+from flows.common import run_cli, run_tags
 from models.common import tracking
 from models.common.config import load_section
 from models.melu.config import MeluConfig
@@ -55,20 +53,7 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the MeLU flow (train -> evaluate -> register).")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the melu section, e.g. --set train.epochs=3")
-    ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
-    ap.add_argument("--no-register", action="store_true")
-    ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
-    args = ap.parse_args(argv)
-    configure_environment()
-    result = melu_flow(args.params, parse_overrides(args.overrides), args.sync_data, not args.no_register)
-    if args.record:
-        tracking.atomic_write_json(args.record, result)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return run_cli(melu_flow, "Run the MeLU flow (train -> evaluate -> register).", "--set train.epochs=3", argv)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ validation NDCG@10 (higher is better). FaNC is a reconstruction (see models/seqr
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 from prefect import flow
 
-from flows.common import configure_environment, parse_overrides, run_tags
+from flows.common import run_cli, run_tags
 from models.common import tracking
 from models.common.config import load_section
 from models.seqrec.config import SeqRecConfig
@@ -54,20 +52,7 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the sequential-recommendation flow.")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="e.g. --set model.name=sasrec --set data.dataset=Yelp")
-    ap.add_argument("--sync-data", action="store_true")
-    ap.add_argument("--no-register", action="store_true")
-    ap.add_argument("--record", help="write the result to this JSON file")
-    args = ap.parse_args(argv)
-    configure_environment()
-    result = seqrec_flow(args.params, parse_overrides(args.overrides), args.sync_data, not args.no_register)
-    if args.record:
-        tracking.atomic_write_json(args.record, result)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return run_cli(seqrec_flow, "Run the sequential-recommendation flow.", "--set model.name=sasrec --set data.dataset=Yelp", argv)
 
 
 if __name__ == "__main__":

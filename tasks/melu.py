@@ -119,9 +119,7 @@ def evidence_candidates(params_path: str, overrides: dict, run_id: str, weights:
 @task(retries=2, retry_delay_seconds=[2, 8])
 def log_melu_model(params_path: str, overrides: dict, run_id: str, weights: str) -> str:
     """Log the pyfunc (weights + item table + vocabularies) with signature and input example."""
-    import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
     from models.melu.pyfunc import MeluPyfunc
 
@@ -137,16 +135,4 @@ def log_melu_model(params_path: str, overrides: dict, run_id: str, weights: str)
                              "occupation": vocab["occupation"][0], "zip": vocab["zip"][0],
                              "support_items": mids[:3], "support_ratings": [5.0, 3.0, 4.0], "candidate_items": mids[3:8]}])
     artifacts = {"weights": weights, "items": str(proc / "items.parquet"), "vocab": str(proc / "vocab.json"), "meta": str(meta_path)}
-    py = MeluPyfunc()
-    ctx = type("Ctx", (), {"artifacts": artifacts})()
-    py.load_context(ctx)
-    signature = infer_signature(example, py.predict(ctx, example))
-    repo_root = Path(__file__).resolve().parents[1]
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=py, artifacts=artifacts, signature=signature, input_example=example,
-            code_paths=[str(repo_root / "models")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                              f"pandas=={pd.__version__}", "pyarrow<26", "numpy"],
-        )
-    return info.model_uri
+    return tracking.log_pyfunc(run_id, MeluPyfunc(), artifacts, example)

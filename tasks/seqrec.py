@@ -62,9 +62,7 @@ def evaluate_seqrec(params_path: str, overrides: dict, run_id: str, weights: str
 
 @task(retries=2, retry_delay_seconds=[2, 8])
 def log_seqrec_model(params_path: str, overrides: dict, run_id: str, weights: str) -> str:
-    import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
     from models.seqrec.pyfunc import SeqRecPyfunc
 
@@ -72,17 +70,5 @@ def log_seqrec_model(params_path: str, overrides: dict, run_id: str, weights: st
     data = recipe.load_data(cfg)
     meta = Path(weights).with_name("pyfunc_meta.json")
     meta.write_text(json.dumps({"n_items": data.n_items, "max_len": cfg.data.max_len, "model": cfg.model.model_dump(mode="json")}))
-    artifacts = {"weights": weights, "meta": str(meta)}
     example = pd.DataFrame([{"history": [int(i) for i in data.test.history[0][-5:]], "k": 5}])
-    py = SeqRecPyfunc()
-    ctx = type("Ctx", (), {"artifacts": artifacts})()
-    py.load_context(ctx)
-    signature = infer_signature(example, py.predict(ctx, example))
-    repo_root = Path(__file__).resolve().parents[1]
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=py, artifacts=artifacts, signature=signature, input_example=example,
-            code_paths=[str(repo_root / "models")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
-        )
-    return info.model_uri
+    return tracking.log_pyfunc(run_id, SeqRecPyfunc(), {"weights": weights, "meta": str(meta)}, example)

@@ -134,3 +134,25 @@ def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path
     lines = [",".join(["epoch", *keys])]
     lines += [",".join([str(i), *[f"{h[k]:.6f}" for k in keys]]) for i, h in enumerate(history, 1)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example) -> str:
+    """Log ``python_model`` to ``run_id`` as ``model`` with a signature inferred from its own prediction on
+    ``input_example``, the project's ``models`` package as code, and pinned requirements; return its URI."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow.models import infer_signature
+
+    ctx = type("Context", (), {"artifacts": artifacts})()
+    python_model.load_context(ctx)
+    signature = infer_signature(input_example, python_model.predict(ctx, input_example))
+    repo_root = Path(__file__).resolve().parents[2]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, artifacts=artifacts, signature=signature,
+            input_example=input_example, code_paths=[str(repo_root / "models")],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              f"pandas=={pd.__version__}", "pyarrow<26", "numpy"],
+        )
+    return info.model_uri
