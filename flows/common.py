@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import yaml
 
@@ -35,17 +36,32 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def run_tags(stage: str, model: str, data_paths: list[str]) -> dict[str, str]:
-    """git commit, Prefect flow-run id and the dvc.lock hashes of the data the run reads."""
+def run_tags(model: str, data_paths: list[str], stage: str | None = None) -> dict[str, str]:
+    """git commit, Prefect flow-run id, the DVC stage (if any) and the dvc.lock hashes of the data read."""
     tags = {
         "git_commit": tracking.git_commit(),
         "prefect.flow_run_id": tracking.prefect_flow_run_id(),
         "model": model,
-        "dvc.stage": stage,
     }
+    if stage:
+        tags["dvc.stage"] = stage
     for path, md5 in tracking.dvc_output_hashes(data_paths).items():
         tags[f"dvc.data.{path}"] = md5
     return tags
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: str, cfg) -> Iterator[str]:
+    """One MLflow run per flow run: params and resolved config logged, status FINISHED or FAILED at the end."""
+    run_id = tracking.start_run(experiment, run_name, tags)
+    status = "FAILED"
+    try:
+        tracking.log_params(run_id, {section: cfg.model_dump(mode="json")})
+        tracking.log_json(run_id, cfg.model_dump(mode="json"), "config/resolved_config.json")
+        yield run_id
+        status = "FINISHED"
+    finally:
+        tracking.client().set_terminated(run_id, status=status)
 
 
 def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None) -> int:

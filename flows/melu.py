@@ -11,8 +11,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags
-from models.common import tracking
+from flows.common import run_cli, run_tags, tracked_run
 from models.common.config import load_section
 from models.melu.config import MeluConfig
 from tasks.data import ensure_data
@@ -29,13 +28,10 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
     cfg = load_section(MeluConfig, "melu", params_path, overrides)  # fail fast on a bad key or type
     if sync_data:
         ensure_data(DATA_TARGETS)
-    tags = run_tags("train_melu", "melu", [cfg.data.raw_dir, cfg.data.processed_dir])
+    tags = run_tags("melu", [cfg.data.raw_dir, cfg.data.processed_dir], stage="train_melu")
     tags.update({"meta_order": cfg.train.meta_order, "local_steps": str(cfg.train.local_steps)})
-    run_id = tracking.start_run(cfg.registry.experiment, f"melu-{cfg.train.local_steps}-{cfg.train.meta_order}", tags)
-    status = "FAILED"
-    try:
-        tracking.log_params(run_id, {"melu": cfg.model_dump(mode="json")})
-        tracking.log_json(run_id, cfg.model_dump(mode="json"), "config/resolved_config.json")
+    run_name = f"melu-{cfg.train.local_steps}-{cfg.train.meta_order}"
+    with tracked_run(cfg.registry.experiment, run_name, tags, "melu", cfg) as run_id:
         out_dir = str(Path("outputs") / "melu" / run_id)
         trained = train_melu(params_path, overrides, run_id, out_dir)
         metrics = evaluate_melu(params_path, overrides, run_id, trained["weights"], trained["history"])
@@ -46,10 +42,7 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
             model_uri = log_melu_model(params_path, overrides, run_id, trained["weights"])
             r = cfg.registry
             result["registry"] = register_and_promote(model_uri, r.model_name, run_id, r.gate_metric, metrics[r.gate_metric], r.gate_mode)
-        status = "FINISHED"
         return result
-    finally:
-        tracking.client().set_terminated(run_id, status=status)
 
 
 def main(argv: list[str] | None = None) -> int:

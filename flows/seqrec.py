@@ -12,8 +12,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags
-from models.common import tracking
+from flows.common import run_cli, run_tags, tracked_run
 from models.common.config import load_section
 from models.seqrec.config import SeqRecConfig
 from models.seqrec.recipe import GATE_METRIC
@@ -31,13 +30,9 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
     if sync_data:
         ensure_data(DATA_TARGETS)
     name = cfg.model.name
-    tags = run_tags("train_seqrec", name, ["data/raw/s3rec_sequences", cfg.data.processed_dir])
+    tags = run_tags(name, ["data/raw/s3rec_sequences", cfg.data.processed_dir])  # no DVC train stage yet
     tags.update({"dataset": cfg.data.dataset, "reconstruction": str(name == "fanc").lower()})
-    run_id = tracking.start_run(f"seqrec-{cfg.data.dataset}", f"{name}-{cfg.data.dataset}", tags)
-    status = "FAILED"
-    try:
-        tracking.log_params(run_id, {"seqrec": cfg.model_dump(mode="json")})
-        tracking.log_json(run_id, cfg.model_dump(mode="json"), "config/resolved_config.json")
+    with tracked_run(f"seqrec-{cfg.data.dataset}", f"{name}-{cfg.data.dataset}", tags, "seqrec", cfg) as run_id:
         out_dir = str(Path("outputs") / "seqrec" / run_id)
         trained = train_seqrec(params_path, overrides, run_id, out_dir)
         metrics = evaluate_seqrec(params_path, overrides, run_id, trained["weights"])
@@ -45,10 +40,7 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
         if register_model:
             uri = log_seqrec_model(params_path, overrides, run_id, trained["weights"])
             result["registry"] = register_and_promote(uri, name, run_id, GATE_METRIC, trained["best_valid"][GATE_METRIC], "max")
-        status = "FINISHED"
         return result
-    finally:
-        tracking.client().set_terminated(run_id, status=status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,3 +115,14 @@ def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_failed_flow_marks_its_run_failed(prefect_harness, mlflow_store, tiny_cfg, tmp_path, monkeypatch):
+    from flows.melu import melu_flow
+
+    monkeypatch.chdir(tmp_path)
+    bad = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={"processed_dir": str(tmp_path / "missing")})})
+    with pytest.raises(Exception, match="missing"):
+        melu_flow(params_path=_params_file(tmp_path, bad))
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("melu").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -93,10 +93,12 @@ class PPR(nn.Module):
         offsets = torch.as_tensor(np.cumsum([0] + [len(b) for b in bags[:-1]]))
         return ids, offsets
 
-    def forward(self, tables: MeluTables, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
-        ids, offsets = self.pair_ids(user_rows.cpu(), item_rows.cpu())
+    def score(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         dev = self.W.weight.device
         return self.W(ids.to(dev), offsets.to(dev)).squeeze(1)
+
+    def forward(self, tables: MeluTables, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+        return self.score(*self.pair_ids(user_rows.cpu(), item_rows.cpu()))
 
 
 def training_pairs(train_eps: Episodes, extra_support: list[Episodes]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,11 +132,13 @@ def fit_baseline(kind: str, tables: MeluTables, train_eps: Episodes, extra_suppo
     for epoch in tqdm(range(cfg.epochs), desc=f"{kind} epochs", disable=not progress):
         perm = torch.randperm(len(y), generator=generator(seed, epoch))
         for idx in perm.split(cfg.batch_size):
-            pred = model(tables, u[idx], i[idx])
-            loss = F.mse_loss(pred, y[idx])
-            if kind == "ppr" and cfg.l2 > 0:
-                ids, _ = model.pair_ids(u[idx], i[idx])
-                loss = loss + cfg.l2 * F.embedding(ids, model.W.weight, sparse=True).pow(2).sum() / len(idx)
+            if kind == "ppr":  # the (user feature, item feature) pairs are built once per batch
+                ids, offsets = model.pair_ids(u[idx], i[idx])
+                loss = F.mse_loss(model.score(ids, offsets), y[idx])
+                if cfg.l2 > 0:
+                    loss = loss + cfg.l2 * F.embedding(ids, model.W.weight, sparse=True).pow(2).sum() / len(idx)
+            else:
+                loss = F.mse_loss(model(tables, u[idx], i[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
