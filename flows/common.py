@@ -64,10 +64,15 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: s
         tracking.client().set_terminated(run_id, status=status)
 
 
-def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None) -> int:
-    """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record."""
+def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None,
+            presets: dict[str, dict] | None = None) -> int:
+    """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record,
+    and ``--variant NAME`` when the flow has named override presets (applied before --set)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default="params.yaml")
+    if presets:
+        ap.add_argument("--variant", choices=sorted(presets), help="a named set of overrides: " +
+                        "; ".join(f"{k} = {v}" for k, v in presets.items()))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a key of the model's params section, e.g. {example}")
     ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
@@ -75,7 +80,9 @@ def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: 
     ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
     args = ap.parse_args(argv)
     configure_environment()
-    result = flow_fn(args.params, parse_overrides(args.overrides), args.sync_data, not args.no_register)
+    overrides = dict(presets[args.variant]) if presets and args.variant else {}
+    overrides.update(parse_overrides(args.overrides))
+    result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
     if args.record:
         tracking.atomic_write_json(args.record, result)
     print(json.dumps(result, indent=2, default=str))

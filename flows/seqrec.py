@@ -1,8 +1,14 @@
 """Sequential-recommendation flow, parameterised by model (fanc | gru4rec | sasrec) and dataset:
-train (early stopping on validation NDCG@10) -> test evaluation -> log model -> register.
+train (early stopping on validation NDCG@10, optional time budget) -> test evaluation -> FaNC gate and
+trajectory analysis -> metrics file -> log model -> register.
 
-The registered model is named after the model (``fanc``, ``gru4rec``, ``sasrec``); its gate metric is the
-validation NDCG@10 (higher is better). FaNC is a reconstruction (see models/seqrec/modeling.py).
+The registered model is named after the model (``fanc``, ``gru4rec``, ``sasrec``) and gated per dataset:
+aliases ``champion_<dataset>`` / ``challenger_<dataset>`` (e.g. ``models:/fanc@champion_beauty``), gate
+metric validation NDCG@10 (higher is better). The FaNC ablations (``--variant fanc_no_gravity`` /
+``fanc_no_gate``) are tracked and written to the table but not registered. FaNC is a reconstruction
+(see models/seqrec/modeling.py).
+
+    python -m flows.seqrec --variant sasrec --set data.dataset=Yelp
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from pathlib import Path
 from prefect import flow
 
 from flows.common import run_cli, run_tags, tracked_run
+from models.common import tracking
 from models.common.config import load_section
-from models.seqrec.config import SeqRecConfig
+from models.seqrec.config import ABLATIONS, VARIANTS, SeqRecConfig, variant_of
+from models.seqrec.metrics import FULL
 from models.seqrec.recipe import GATE_METRIC
 from tasks.data import ensure_data
 from tasks.registry import register_and_promote
-from tasks.seqrec import evaluate_seqrec, log_seqrec_model, train_seqrec
+from tasks.seqrec import analyze_fanc, evaluate_seqrec, log_seqrec_model, train_seqrec
 
 DATA_TARGETS = ["download@s3rec_sequences", "preprocess_seqrec"]
 
@@ -29,22 +37,33 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
     cfg = load_section(SeqRecConfig, "seqrec", params_path, overrides)
     if sync_data:
         ensure_data(DATA_TARGETS)
-    name = cfg.model.name
-    tags = run_tags(name, ["data/raw/s3rec_sequences", cfg.data.processed_dir])  # no DVC train stage yet
-    tags.update({"dataset": cfg.data.dataset, "reconstruction": str(name == "fanc").lower()})
-    with tracked_run(f"seqrec-{cfg.data.dataset}", f"{name}-{cfg.data.dataset}", tags, "seqrec", cfg) as run_id:
+    name, dataset, variant = cfg.model.name, cfg.data.dataset, variant_of(cfg)
+    tags = run_tags(name, ["data/raw/s3rec_sequences", cfg.data.processed_dir], stage=f"train_seqrec@{variant}-{dataset}")
+    tags.update({"dataset": dataset, "variant": variant, "reconstruction": str(name == "fanc").lower()})
+    with tracked_run(f"seqrec-{dataset}", f"{variant}-{dataset}", tags, "seqrec", cfg) as run_id:
         out_dir = str(Path("outputs") / "seqrec" / run_id)
         trained = train_seqrec(params_path, overrides, run_id, out_dir)
         metrics = evaluate_seqrec(params_path, overrides, run_id, trained["weights"])
-        result = {"run_id": run_id, "best_valid": trained["best_valid"], "test": metrics, "epochs": trained["epochs"]}
-        if register_model:
+        analysis = analyze_fanc(params_path, overrides, run_id, trained["weights"])
+        result = {
+            "run_id": run_id, "model": name, "variant": variant, "dataset": dataset,
+            "label": "FaNC (reconstruction)" if name == "fanc" else name,
+            "protocol": FULL if cfg.eval.protocol == "full" else f"sampled: {cfg.eval.n_negatives} negatives (not comparable to full ranking)",
+            "mask_history": cfg.eval.mask_history, "time_budget_s": cfg.train.time_budget_s,
+            "best_valid": trained["best_valid"], "test": metrics, "epochs": trained["epochs"],
+            "training": trained["training"], "fanc_analysis": analysis,
+        }
+        tracking.atomic_write_json(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result)
+        if register_model and variant not in ABLATIONS:
             uri = log_seqrec_model(params_path, overrides, run_id, trained["weights"])
-            result["registry"] = register_and_promote(uri, name, run_id, GATE_METRIC, trained["best_valid"][GATE_METRIC], "max")
+            result["registry"] = register_and_promote(uri, name, run_id, GATE_METRIC, trained["best_valid"][GATE_METRIC], "max",
+                                                      scope=dataset.lower())
         return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(seqrec_flow, "Run the sequential-recommendation flow.", "--set model.name=sasrec --set data.dataset=Yelp", argv)
+    return run_cli(seqrec_flow, "Run the sequential-recommendation flow.", "--set model.name=sasrec --set data.dataset=Yelp", argv,
+                   presets=VARIANTS)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from models.common.registry import promote
 
 
 @task(retries=3, retry_delay_seconds=[1, 2, 4])
-def register_and_promote(model_uri: str, name: str, run_id: str, gate_metric: str, gate_value: float, mode: str) -> dict:
+def register_and_promote(model_uri: str, name: str, run_id: str, gate_metric: str, gate_value: float, mode: str,
+                         scope: str | None = None) -> dict:
     """Register ``model_uri`` as a new version of ``name`` (idempotent per run) and gate it.
 
     Retried on I/O errors: a retry finds the version it already registered for this run instead of
@@ -20,10 +21,10 @@ def register_and_promote(model_uri: str, name: str, run_id: str, gate_metric: st
     c = tracking.client()
     existing = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == run_id]
     version = existing[0].version if existing else mlflow.register_model(model_uri, name).version
-    record = promote(name, version, gate_metric, gate_value, mode)
+    record = promote(name, version, gate_metric, gate_value, mode, scope=scope)
     tracking.log_json(run_id, record, "registry/comparison.json")
     c.set_tag(run_id, "registry.version", str(version))
     c.set_tag(run_id, "registry.promoted", str(record["promoted"]).lower())
     print(f"{name} v{version}: {gate_metric}={gate_value:.4f} vs champion {record['champion_value']} -> "
-          f"{'champion' if record['promoted'] else 'challenger'}")
+          f"{record['champion_alias'] if record['promoted'] else 'challenger'}")
     return record

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -46,15 +48,49 @@ def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlfl
     c = MlflowClient()
     for name, res in (("fanc", fanc), ("gru4rec", gru)):
         assert res["registry"]["promoted"] and res["registry"]["gate_metric"] == "valid_ndcg_at_10"
-        assert c.get_model_version_by_alias(name, "champion").run_id == res["run_id"]
+        assert c.get_model_version_by_alias(name, "champion_beauty").run_id == res["run_id"]
+        # the DVC metrics file of the run holds the same numbers
+        written = json.loads((tmp_path / "metrics" / "seqrec" / f"{name}-Beauty.json").read_text())
+        assert written["test"] == res["test"] and written["run_id"] == res["run_id"]
+        assert written["training"]["epochs"] == res["epochs"] and written["training"]["train_seq_per_s"] > 0
         assert 0 <= res["test"]["test_ndcg_at_10"] <= res["test"]["test_hr_at_10"] <= 1
         run = c.get_run(res["run_id"])
         assert run.data.tags["eval.protocol"] == "full ranking over all items" and run.data.tags["dataset"] == "Beauty"
         assert [m.step for m in c.get_metric_history(res["run_id"], "valid_ndcg_at_10")] == list(range(1, res["epochs"] + 1))
     assert c.get_run(fanc["run_id"]).data.tags["reconstruction"] == "true"
-    model = mlflow.pyfunc.load_model("models:/fanc@champion")
+    # FaNC's analysis: gate histogram (shares sum to 1) and the trajectory figure, in DVC plots and MLflow
+    hist = pd.read_csv(tmp_path / "plots" / "seqrec" / "fanc-Beauty" / "gate_hist.csv")
+    assert hist.users_last_step.sum() == pytest.approx(1.0) and hist.all_steps.sum() == pytest.approx(1.0)
+    assert (tmp_path / "plots" / "seqrec" / "fanc-Beauty" / "trajectory.png").stat().st_size > 0
+    assert 0.0 <= fanc["fanc_analysis"]["gate_mean_last"] <= 1.0
+    arts = {a.path for a in c.list_artifacts(fanc["run_id"], "figures")}
+    assert {"figures/gate_hist.png", "figures/trajectory.png", "figures/gate_statistics.json"} <= arts
+    model = mlflow.pyfunc.load_model("models:/fanc@champion_beauty")
     out = model.predict(pd.DataFrame([{"history": [3, 4, 5], "k": 4}]))
     assert list(out["rank"]) == [1, 2, 3, 4] and not set(out.item_id) & {3, 4, 5}
     assert out.score.is_monotonic_decreasing
     with pytest.raises(Exception, match="history"):
         model.predict(pd.DataFrame([{"history": [99], "k": 2}]))
+
+
+def test_ablation_is_tracked_but_not_registered_and_the_table_reads_it(prefect_harness, mlflow_store, tiny_seqrec, tmp_path, monkeypatch):
+    from flows.seqrec import main
+    from models.seqrec.config import VARIANTS
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--params", tiny_seqrec, "--variant", "fanc_no_gravity", "--set", "train.epochs=1"]) == 0
+    res = json.loads((tmp_path / "metrics" / "seqrec" / "fanc_no_gravity-Beauty.json").read_text())
+    assert res["variant"] == "fanc_no_gravity" and "registry" not in res and res["label"] == "FaNC (reconstruction)"
+    run = MlflowClient().get_run(res["run_id"])
+    assert run.data.tags["variant"] == "fanc_no_gravity" and run.data.params["seqrec.model.fanc.gravity"] == "False"
+    assert not MlflowClient().search_registered_models()
+    # no gravity: the unconscious state never leaves u_0, so no trajectory is drawn
+    assert not (tmp_path / "plots" / "seqrec" / "fanc_no_gravity-Beauty" / "trajectory.png").exists()
+    assert set(VARIANTS) == {"gru4rec", "sasrec", "fanc", "fanc_no_gravity", "fanc_no_gate"}
+
+    from scripts.seqrec_table import main as table
+
+    assert table(["--metrics-dir", str(tmp_path / "metrics" / "seqrec"), "--out", str(tmp_path / "t"), "--plot", str(tmp_path / "t.png")]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "FaNC (reconstruction), no gravity" in md and "full ranking over all items" in md
+    assert f"{res['test']['test_ndcg_at_10']:.4f}" in md

@@ -67,3 +67,20 @@ def test_max_mode_and_nan_never_promotes(mlflow_store):
     v1, v2 = _versions("acc", 2)
     assert promote("acc", v1, "acc", 0.5, "max")["promoted"]
     assert not promote("acc", v2, "acc", float("nan"), "max")["promoted"]
+
+
+def test_scoped_aliases_gate_each_dataset_separately(mlflow_store):
+    """A validation NDCG on Yelp is never compared with one on Beauty: scopes have their own aliases."""
+    c = MlflowClient()
+    v1, v2, v3 = _versions("seq", 3)
+    assert promote("seq", v1, "ndcg", 0.05, "max", scope="beauty")["promoted"]
+    r2 = promote("seq", v2, "ndcg", 0.02, "max", scope="yelp")  # lower, but the first on its dataset
+    assert r2["promoted"] and r2["champion_alias"] == "champion_yelp" and r2["champion_version"] is None
+    r3 = promote("seq", v3, "ndcg", 0.03, "max", scope="beauty")  # beats yelp's, not beauty's
+    assert not r3["promoted"] and r3["champion_value"] == pytest.approx(0.05)
+    assert str(c.get_model_version_by_alias("seq", "champion_beauty").version) == str(v1)
+    assert str(c.get_model_version_by_alias("seq", "challenger_beauty").version) == str(v3)
+    assert str(c.get_model_version_by_alias("seq", "champion_yelp").version) == str(v2)
+    assert c.get_model_version("seq", v3).tags["validation_status"] == "challenger_beauty"
+    with pytest.raises(ValueError, match="scope"):
+        promote("seq", v3, "ndcg", 0.1, "max", scope="bad scope!")

@@ -6,6 +6,10 @@ returned and logged to the run. Promotion is serialised by an inter-process file
 tracking store, so two flows finishing at once cannot both read the old champion and both promote:
 the second one compares against the first one's result. (For a remote tracking server, run promotions
 through the Prefect flow, whose registry task uses a global concurrency limit of 1 per model.)
+
+A model trained on several datasets (the sequential recommenders) is gated per dataset: with
+``scope="beauty"`` the aliases are ``champion_beauty`` / ``challenger_beauty`` and the candidate is compared
+only with that dataset's champion (a validation NDCG on Yelp says nothing about one on Beauty).
 """
 
 from __future__ import annotations
@@ -46,28 +50,42 @@ def is_better(candidate: float, incumbent: float | None, mode: str) -> bool:
     return candidate < incumbent if mode == "min" else candidate > incumbent
 
 
-def promote(name: str, version: str | int, gate_metric: str, gate_value: float, mode: str, lock_timeout: float = 600) -> dict:
+def aliases(scope: str | None = None) -> tuple[str, str]:
+    """(champion, challenger) alias names, per scope (e.g. dataset) when given."""
+    if scope is None:
+        return CHAMPION, CHALLENGER
+    if not scope.replace("_", "").isalnum():
+        raise ValueError(f"registry scope must be letters, digits and underscores, got {scope!r}")
+    return f"{CHAMPION}_{scope.lower()}", f"{CHALLENGER}_{scope.lower()}"
+
+
+def promote(name: str, version: str | int, gate_metric: str, gate_value: float, mode: str, lock_timeout: float = 600,
+            scope: str | None = None) -> dict:
     """Set ``challenger`` on ``version`` and move ``champion`` to it if it beats the current champion.
 
+    With ``scope`` the aliases are ``champion_<scope>`` / ``challenger_<scope>`` (see module doc).
     Returns the comparison record (also stored as version tags).
     """
     from mlflow.exceptions import MlflowException
 
+    champion_alias, challenger_alias = aliases(scope)
     c = client()
     version = str(version)
     lock = FileLock(str(registry_lock_path(name)), timeout=lock_timeout)
     with lock:
         c.set_model_version_tag(name, version, GATE_TAG, repr(float(gate_value)))
         c.set_model_version_tag(name, version, "gate_metric", gate_metric)
-        c.set_registered_model_alias(name, CHALLENGER, version)
+        c.set_registered_model_alias(name, challenger_alias, version)
         try:
-            champ = c.get_model_version_by_alias(name, CHAMPION)
+            champ = c.get_model_version_by_alias(name, champion_alias)
         except MlflowException:
             champ = None
         incumbent = float(champ.tags[GATE_TAG]) if champ is not None and GATE_TAG in champ.tags else None
         promoted = is_better(float(gate_value), incumbent, mode)
         record = {
             "model": name,
+            "scope": scope,
+            "champion_alias": champion_alias,
             "candidate_version": version,
             "gate_metric": gate_metric,
             "mode": mode,
@@ -78,6 +96,6 @@ def promote(name: str, version: str | int, gate_metric: str, gate_value: float, 
             "decided_at": time.time(),
         }
         if promoted:
-            c.set_registered_model_alias(name, CHAMPION, version)
-        c.set_model_version_tag(name, version, "validation_status", "champion" if promoted else "challenger")
+            c.set_registered_model_alias(name, champion_alias, version)
+        c.set_model_version_tag(name, version, "validation_status", champion_alias if promoted else challenger_alias)
     return record

@@ -56,6 +56,7 @@ class SeqRecTrainConfig(StrictConfig):
     device: str = "auto"
     checkpoint_dir: str = "checkpoints/seqrec"
     resume: bool = True
+    time_budget_s: float = Field(0.0, ge=0)  # stop after the epoch in which train+validation time reaches it; 0 = none
 
 
 class SeqRecEvalConfig(StrictConfig):
@@ -66,8 +67,35 @@ class SeqRecEvalConfig(StrictConfig):
     batch_users: int = Field(512, ge=1)
 
 
+class SeqRecOutputConfig(StrictConfig):
+    metrics_dir: str = "metrics/seqrec"  # <variant>-<dataset>.json per run (DVC metrics)
+    plots_dir: str = "plots/seqrec"  # <variant>-<dataset>/ learning curve, gate histogram, trajectory (DVC plots)
+
+
 class SeqRecConfig(StrictConfig):
     data: SeqRecDataConfig = SeqRecDataConfig()
     model: SeqRecModelConfig = SeqRecModelConfig()
     train: SeqRecTrainConfig = SeqRecTrainConfig()
     eval: SeqRecEvalConfig = SeqRecEvalConfig()
+    outputs: SeqRecOutputConfig = SeqRecOutputConfig()
+
+
+# The variants of the results table: the three models and the two FaNC ablations (not registered).
+VARIANTS: dict[str, dict] = {
+    "gru4rec": {"model.name": "gru4rec"},
+    "sasrec": {"model.name": "sasrec"},
+    "fanc": {"model.name": "fanc"},
+    "fanc_no_gravity": {"model.name": "fanc", "model.fanc.gravity": False},
+    "fanc_no_gate": {"model.name": "fanc", "model.fanc.gate": False},
+}
+ABLATIONS = ("fanc_no_gravity", "fanc_no_gate")
+
+
+def variant_of(cfg: SeqRecConfig) -> str:
+    """The table variant a config is: the model name, or ``fanc_no_gravity`` / ``fanc_no_gate``."""
+    if cfg.model.name != "fanc":
+        return cfg.model.name
+    f = cfg.model.fanc
+    if not f.gravity and not f.gate:
+        return "fanc_no_gravity_no_gate"
+    return "fanc_no_gravity" if not f.gravity else "fanc_no_gate" if not f.gate else "fanc"

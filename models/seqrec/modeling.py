@@ -93,10 +93,12 @@ class FaNC(nn.Module):
                 gates.append(g)
                 us.append(u)
         out = self.drop(torch.stack(hs, 1))
+        # share of (non-padding) steps whose acceleration hit accel_clip; read by the training loop
+        clip_fraction = (torch.stack(clips, 1).sum() / (seq > 0).sum().clamp_min(1)).detach() if clips else torch.zeros(())
+        self.last_clip_fraction = clip_fraction
         if not return_states:
             return out
-        states = {"gate": torch.stack(gates, 1), "u": torch.stack(us, 1)}
-        states["clip_fraction"] = torch.stack(clips, 1).float().mean() if clips else torch.zeros(())
+        states = {"gate": torch.stack(gates, 1), "u": torch.stack(us, 1), "clip_fraction": clip_fraction}
         return out, states
 
     def score(self, h: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:

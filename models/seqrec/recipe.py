@@ -6,6 +6,10 @@ Features:
 - early stopping on validation NDCG@10 with ``patience``; the best epoch's weights are kept in
   ``best.pt`` beside the epoch checkpoints (atomic writes), and a resumed run stops where an
   uninterrupted one would;
+- an optional wall-clock budget (``train.time_budget_s``): training stops after the epoch in which the
+  summed train + validation seconds of all epochs (kept in the checkpointed history, so resumes count
+  them) reach it; the per-epoch seconds, training throughput (sequences/s, targets/s) and, for FaNC,
+  the share of steps whose gravitational acceleration was clipped are part of the history;
 - evaluation by full ranking (default) or the sampled-negatives protocol (labelled), HR/NDCG@K and MRR.
 
 Raises:
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -64,11 +69,13 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device
     return ranking_metrics(torch.cat(ranks), ks or cfg.eval.ks)
 
 
-def early_stop(patience: int) -> Callable[[list[dict[str, float]]], bool]:
+def early_stop(patience: int, time_budget_s: float = 0.0) -> Callable[[list[dict[str, float]]], bool]:
+    """Stop after ``patience`` epochs without a better validation NDCG@10, or once the budget is spent."""
     def should_stop(history: list[dict[str, float]]) -> bool:
         scores = [h[GATE_METRIC] for h in history]
         best = int(np.argmax(scores))
-        return len(scores) - 1 - best >= patience
+        spent = sum(h.get("train_seconds", 0.0) + h.get("valid_seconds", 0.0) for h in history)
+        return len(scores) - 1 - best >= patience or (time_budget_s > 0 and spent >= time_budget_s)
     return should_stop
 
 
@@ -96,7 +103,8 @@ def train(
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         perm = torch.randperm(users, generator=generator(t.order_seed, epoch))
-        total, n = 0.0, 0
+        total, n, clip_sum, clip_batches = 0.0, 0, 0.0, 0
+        started = time.perf_counter()
         for step, idx in enumerate(tqdm(perm.split(t.batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
             inputs, targets = data.train_inputs[idx].to(device), data.train_targets[idx].to(device)
             valid = targets > 0
@@ -111,9 +119,17 @@ def train(
             opt.step()
             total += float(loss.detach()) * int(valid.sum())
             n += int(valid.sum())
-        metrics = {"train_loss": total / max(n, 1)}
+            if getattr(model, "last_clip_fraction", None) is not None and getattr(model.cfg, "gravity", False):
+                clip_sum, clip_batches = clip_sum + float(model.last_clip_fraction), clip_batches + 1
+        train_seconds = time.perf_counter() - started
+        metrics = {"train_loss": total / max(n, 1), "train_seconds": train_seconds,
+                   "train_seq_per_s": users / train_seconds, "train_targets_per_s": n / train_seconds}
+        if clip_batches:
+            metrics["clip_fraction"] = clip_sum / clip_batches
         ks = sorted(set(cfg.eval.ks) | {10})  # the early-stopping metric is NDCG@10
+        started = time.perf_counter()
         metrics.update({f"valid_{k}": v for k, v in evaluate(model, data.valid, cfg, device, ks=ks).items()})
+        metrics["valid_seconds"] = time.perf_counter() - started
         if metrics[GATE_METRIC] > best["score"]:
             best["score"] = metrics[GATE_METRIC]
             state = {k: v.cpu() for k, v in model.state_dict().items()}
@@ -122,6 +138,6 @@ def train(
 
     history = run_epochs(model=model, optimizer=opt, epochs=t.epochs, ckpt_dir=ckpt_dir, fingerprint=fingerprint(cfg),
                          seed=t.init_seed, train_epoch=train_epoch, on_epoch_end=on_epoch_end,
-                         should_stop=early_stop(t.patience), resume=t.resume, progress=progress)
+                         should_stop=early_stop(t.patience, t.time_budget_s), resume=t.resume, progress=progress)
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     return model, history
