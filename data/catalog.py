@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -18,9 +18,16 @@ class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str = Field(description="path inside the dataset folder (and under DATA_MIRROR/<dataset>/)")
-    url: str = Field(description="official download URL")
+    url: str | None = Field(None, description="official download URL of these exact bytes (None: mirror only, see note)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(gt=0, description="size in bytes")
+    size: int | None = Field(None, gt=0, description="size in bytes (None: not published; the sha256 still decides)")
+    note: str | None = Field(None, description="where a mirror-only file comes from")
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> "CatalogFile":
+        if self.url is None and not self.note:
+            raise ValueError("a file without url needs a note naming its official origin")
+        return self
 
 
 class CatalogDataset(BaseModel):

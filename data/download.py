@@ -46,7 +46,7 @@ def _copy_stream(src, dst_path: Path) -> None:
 def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | None, timeout: float = 60.0) -> str:
     """Fetch one catalog file into ``dest_dir``; return 'present', 'mirror' or 'url'."""
     dest = dest_dir / entry.path
-    if dest.exists() and dest.stat().st_size == entry.size and sha256_file(dest) == entry.sha256:
+    if dest.exists() and entry.size in (None, dest.stat().st_size) and sha256_file(dest) == entry.sha256:
         return "present"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tried: list[str] = []
@@ -65,7 +65,9 @@ def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | N
                 tried.append(f"mirror {src}: not found")
         else:
             tried.append("mirror: DATA_MIRROR is not set")
-        if origin is None:
+        if origin is None and entry.url is None:
+            tried.append(f"no official URL serves these bytes ({entry.note})")
+        elif origin is None:
             try:
                 with urllib.request.urlopen(entry.url, timeout=timeout) as resp:
                     _copy_stream(resp, tmp)
@@ -78,7 +80,7 @@ def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | N
             )
         size = tmp.stat().st_size
         actual = sha256_file(tmp)
-        if actual != entry.sha256 or size != entry.size:
+        if actual != entry.sha256 or entry.size not in (None, size):
             raise ChecksumError(
                 f"checksum mismatch for {ds_name}/{entry.path} from {origin}: "
                 f"expected sha256 {entry.sha256} ({entry.size} bytes), got sha256 {actual} ({size} bytes)"

@@ -61,7 +61,19 @@ def test_catalog_entries_are_valid_and_have_official_urls():
     for name, ds in catalog.items():
         assert ds.license and ds.files
         for f in ds.files:
-            assert f.url.startswith("https://"), (name, f.path)
+            # an official URL of these exact bytes, or (mirror-only repacks) a note naming the official origin
+            assert (f.url or "").startswith("https://") or "https://" in (f.note or ""), (name, f.path)
+
+
+def test_mirror_only_file_without_mirror_names_its_origin(tmp_path):
+    from data.catalog import CatalogFile
+
+    entry = CatalogFile(path="v.npy.xz", sha256="0" * 64, note="repack of https://example.org/glove.zip")
+    with pytest.raises(download.DownloadError, match=r"DATA_MIRROR is not set.*no official URL serves these bytes \(repack of https://example.org"):
+        download.fetch_file("glove", entry, tmp_path, mirror=None)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="needs a note"):
+        CatalogFile(path="x", sha256="0" * 64)
 
 
 @pytest.mark.mirror
