@@ -52,7 +52,34 @@ class DissanTrainConfig(StrictConfig):
     resume: bool = True
 
 
+class DissanEvalConfig(StrictConfig):
+    # upper bounds of the sentence-length buckets (length = the longer sentence of a pair); the last bucket
+    # is open. SICK default ~ quintiles; for SNLI use [10, 14, 19, 24].
+    length_buckets: list[int] = [8, 10, 13, 16]
+
+
+class DissanOutputConfig(StrictConfig):
+    metrics_dir: str = "metrics/dissan"  # <variant>-<dataset>.json per run (DVC metrics)
+    plots_dir: str = "plots/dissan"  # <variant>-<dataset>/ learning curve, confusion matrix, length buckets
+
+
 class DissanConfig(StrictConfig):
     data: DissanDataConfig = DissanDataConfig()
     model: DissanModelConfig = DissanModelConfig()
     train: DissanTrainConfig = DissanTrainConfig()
+    eval: DissanEvalConfig = DissanEvalConfig()
+    outputs: DissanOutputConfig = DissanOutputConfig()
+
+
+# The variants of the results table: the model, its ablation without the distance mask, the baseline.
+VARIANTS: dict[str, dict] = {
+    "dissan": {"model.encoder": "dissan"},
+    "dissan_no_distance": {"model.encoder": "dissan", "model.distance_mask": False},
+    "bilstm_max": {"model.encoder": "bilstm_max"},
+}
+
+
+def variant_of(cfg: DissanConfig) -> str:
+    if cfg.model.encoder == "bilstm_max":
+        return "bilstm_max"
+    return "dissan" if cfg.model.distance_mask else "dissan_no_distance"

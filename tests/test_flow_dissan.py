@@ -1,0 +1,77 @@
+"""End-to-end: the DisSAN flow on tiny SICK-format files and tiny word vectors, into a temporary MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+WORDS = ["a", "the", "dog", "cat", "man", "runs", "sleeps", "is", "not", "running", "sleeping", "animal", "person"]
+
+
+def _sick_rows(n: int, rng) -> list[str]:
+    rows = []
+    for i in range(n):
+        subj = rng.choice(["dog", "cat", "man"])
+        verb, ing = rng.choice([("runs", "running"), ("sleeps", "sleeping")])
+        kind = i % 3
+        hyp = [f"A {subj} is {ing}", f"The {subj} is not {ing}", f"A {'person' if subj == 'man' else 'animal'} is {'sleeping' if ing == 'running' else 'running'}"][kind]
+        label = ["ENTAILMENT", "CONTRADICTION", "NEUTRAL"][kind]
+        rows.append(f"{i + 1}\tA {subj} {verb}\t{hyp}\t3.0\t{label}")
+    return rows
+
+
+@pytest.fixture
+def tiny_nli(tmp_path):
+    rng = np.random.default_rng(0)
+    sick = tmp_path / "raw" / "sick" / "semeval2014_splits"
+    sick.mkdir(parents=True)
+    for name, n in (("SICK_train.txt", 240), ("SICK_trial.txt", 30), ("SICK_test_annotated.txt", 60)):
+        (sick / name).write_text("\n".join(_sick_rows(n, rng)) + "\n")
+    vec = tmp_path / "vectors.txt"
+    vec.write_text("\n".join(f"{w} " + " ".join(f"{x:.4f}" for x in rng.normal(size=10)) for w in WORDS) + "\n")
+    params = {"dissan": {
+        "data": {"raw_dir": str(tmp_path / "raw"), "vectors": str(vec)},
+        "model": {"heads": 2, "classifier_hidden": 16, "lstm_hidden": 8, "dropout": 0.0},
+        "train": {"epochs": 6, "batch_size": 16, "lr": 0.01, "device": "cpu", "checkpoint_dir": str(tmp_path / "ckpt")},
+    }}
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    return str(p)
+
+
+def test_dissan_flow_trains_registers_and_serves(prefect_harness, mlflow_store, tiny_nli, tmp_path, monkeypatch):
+    from flows.dissan import dissan_flow, main
+
+    monkeypatch.chdir(tmp_path)
+    res = dissan_flow(params_path=tiny_nli)
+    assert res["registry"]["promoted"] and res["registry"]["champion_alias"] == "champion_sick"
+    assert res["test_accuracy"] > 0.9, res  # the tiny task is learnable from the words
+    assert res["comparable_to_paper"] and res["epochs"] == 6
+    written = json.loads((tmp_path / "metrics" / "dissan" / "dissan-sick.json").read_text())
+    assert written["test_accuracy"] == res["test_accuracy"] and sum(b["n"] for b in written["test_buckets"].values()) == 60
+    assert np.asarray(written["test_confusion"]).sum() == 60
+    c = MlflowClient()
+    run = c.get_run(res["run_id"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(res["test_accuracy"]) and run.data.tags["variant"] == "dissan"
+    assert {"figures/confusion_test.png", "figures/test_length_buckets.csv"} <= {a.path for a in c.list_artifacts(res["run_id"], "figures")}
+    model = mlflow.pyfunc.load_model("models:/dissan@champion_sick")
+    out = model.predict(pd.DataFrame([{"premise": "A dog runs.", "hypothesis": "A dog is running."},
+                                      {"premise": "A cat sleeps", "hypothesis": "The cat is not sleeping"}]))
+    assert list(out.columns) == ["label", "prob_entailment", "prob_neutral", "prob_contradiction"]
+    assert out[["prob_entailment", "prob_neutral", "prob_contradiction"]].sum(1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert list(out.label) == ["entailment", "contradiction"]
+    with pytest.raises(Exception, match="hypothesis"):
+        model.predict(pd.DataFrame([{"premise": "A dog runs."}]))
+    # the baseline is tracked and written to the table, not registered
+    assert main(["--params", tiny_nli, "--variant", "bilstm_max", "--set", "train.epochs=2"]) == 0
+    base = json.loads((tmp_path / "metrics" / "dissan" / "bilstm_max-sick.json").read_text())
+    assert base["variant"] == "bilstm_max" and "registry" not in base
+    assert len(c.search_model_versions("name='dissan'")) == 1
