@@ -104,3 +104,24 @@ def test_classifier_shapes_and_frozen_vectors(encoder):
     assert logits.shape == (4, 3)
     logits.sum().backward()
     assert m.embed.weight.grad is None and torch.equal(m.embed.weight, vectors)
+
+
+@pytest.mark.parametrize("distance", [True, False])
+def test_batched_encoder_equals_the_per_example_per_head_reference(distance):
+    """The benchmark's straightforward reference computes the same function (outputs and gradients)."""
+    from scripts.dissan_benchmark import reference_forward
+
+    torch.manual_seed(0)
+    m = NLIClassifier(DissanModelConfig(heads=2, distance_mask=distance, alpha=0.7), torch.randn(30, 8)).eval()
+    p, h = torch.randint(1, 30, (3, 6)), torch.randint(1, 30, (3, 4))
+    pl, hl = torch.tensor([6, 2, 1]), torch.tensor([4, 4, 1])
+    a = m(p, pl, h, hl)
+    a.sum().backward()
+    grads = {n: q.grad.clone() for n, q in m.named_parameters() if q.grad is not None}
+    m.zero_grad()
+    b = reference_forward(m, p, pl, h, hl)
+    b.sum().backward()
+    assert torch.allclose(a, b, atol=1e-5)
+    for n, q in m.named_parameters():
+        if q.grad is not None:
+            assert torch.allclose(q.grad, grads[n], atol=1e-5), n
