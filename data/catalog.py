@@ -19,7 +19,7 @@ class CatalogFile(BaseModel):
 
     path: str = Field(description="path inside the dataset folder (and under DATA_MIRROR/<dataset>/)")
     url: str | None = Field(None, description="official download URL of these exact bytes (None: mirror only, see note)")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="None only where the publisher gives none (see note)")
     size: int | None = Field(None, gt=0, description="size in bytes (None: not published; the sha256 still decides)")
     note: str | None = Field(None, description="where a mirror-only file comes from")
 
@@ -27,6 +27,8 @@ class CatalogFile(BaseModel):
     def _has_a_source(self) -> "CatalogFile":
         if self.url is None and not self.note:
             raise ValueError("a file without url needs a note naming its official origin")
+        if self.sha256 is None and not self.note:
+            raise ValueError("a file without sha256 needs a note saying why (DVC then records the hash of what was fetched)")
         return self
 
 

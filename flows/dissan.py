@@ -4,7 +4,8 @@ file -> log model -> register.
 
 Only the ``dissan`` variant registers, as model ``dissan`` gated per dataset on dev accuracy (aliases
 ``champion_sick`` / ``champion_snli``); the ablation and the BiLSTM-max baseline are tracked, not registered.
-An SNLI run without the SNLI train split is a pipeline check, tagged ``comparable_to_paper=false``.
+An SNLI run without the SNLI train split is a pipeline check, tagged ``comparable_to_paper=false`` and
+never registered.
 
     python -m flows.dissan --variant dissan_no_distance
     python -m flows.dissan --set data.dataset=snli --set data.vectors=data/raw/glove_840b/glove.840B.300d.zip \
@@ -52,7 +53,7 @@ def dissan_flow(params_path: str = "params.yaml", overrides: dict | None = None,
             "oov_rate": trained["data"]["oov_rate"], "vectors": trained["data"]["vectors"],
         }
         tracking.atomic_write_json(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result)
-        if register_model and variant == "dissan":
+        if register_model and variant == "dissan" and result["comparable_to_paper"]:
             uri = log_dissan_model(run_id, trained["weights"], trained["meta"])
             result["registry"] = register_and_promote(uri, "dissan", run_id, GATE_METRIC, evaluated["metrics"][GATE_METRIC], "max", scope=dataset)
         return result

@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     for origin in origins.values():
         counts[origin] = counts.get(origin, 0) + 1
     print(f"{args.dataset}: {len(origins)} files verified in {args.out} ({counts})")
+    from pathlib import Path
+
+    from data.catalog import dataset
+    from data.download import sha256_file
+
+    for entry in dataset(args.dataset).files:
+        if entry.sha256 is None:  # the publisher gives none: show what was fetched (DVC records it too)
+            print(f"{args.dataset}/{entry.path}: no published checksum; fetched sha256 {sha256_file(Path(args.out) / entry.path)}")
     return 0
 
 
