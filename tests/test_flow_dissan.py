@@ -75,3 +75,18 @@ def test_dissan_flow_trains_registers_and_serves(prefect_harness, mlflow_store, 
     base = json.loads((tmp_path / "metrics" / "dissan" / "bilstm_max-sick.json").read_text())
     assert base["variant"] == "bilstm_max" and "registry" not in base
     assert len(c.search_model_versions("name='dissan'")) == 1
+
+
+def test_seed_table_reports_mean_and_std_per_variant(tiny_nli, tmp_path, monkeypatch):
+    from scripts.dissan_table import main as table
+
+    monkeypatch.chdir(tmp_path)
+    assert table(["--params", tiny_nli, "--seeds", "0", "1", "--variants", "dissan", "bilstm_max", "--set", "train.epochs=2",
+                  "--out", str(tmp_path / "t")]) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in res["runs"]] == [("dissan", 0), ("dissan", 1), ("bilstm_max", 0), ("bilstm_max", 1)]
+    s = res["summary"]["dissan"]
+    accs = [r["test_accuracy"] for r in res["runs"] if r["variant"] == "dissan"]
+    assert s["test_mean"] == pytest.approx(np.mean(accs)) and s["test_std"] == pytest.approx(np.std(accs, ddof=1))
+    md = (tmp_path / "t.md").read_text()
+    assert "DisSAN" in md and "BiLSTM-max (baseline)" in md and f"{s['test_mean']:.4f} ± {s['test_std']:.4f}" in md
