@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help venv run test test-fast repro deploy melu-table melu-bench clean
+.PHONY: help venv run test test-fast repro deploy melu-table melu-bench seqrec-bench dissan-table dissan-bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,22 @@ melu-table: venv ## MeLU vs baselines over 3 episode seeds (docs/results.md tabl
 
 melu-bench: venv ## MeLU epoch time and peak memory, batched vs per-user loop
 	$(PY) scripts/melu_benchmark.py --out docs/melu_benchmark.json
+
+.venv-recbole/.installed:  ## RecBole's own environment (its pins conflict with the project's: numpy < 2, pandas < 3)
+	test -x .venv-recbole/bin/python || python3 -m venv .venv-recbole
+	.venv-recbole/bin/pip install --quiet "recbole==1.2.1" "torch==2.14.1" "numpy==1.26.4" "pandas==2.3.3" "scipy==1.17.1" \
+		"ray==2.6.3" "colorlog==4.7.2" "colorama==0.4.4" "tensorboard==2.21.0" "thop==0.1.1.post2209072238" "texttable==1.7.2" "plotly==7.1.0"
+	touch $@
+
+seqrec-bench: venv .venv-recbole/.installed ## GRU4Rec/SASRec throughput and quality vs RecBole (needs .venv-recbole, see docs/results.md)
+	$(PY) scripts/seqrec_benchmark.py --datasets Beauty --systems recbole-gru4rec recbole-sasrec --budget-s 240 --out docs/seqrec_benchmark_recbole_beauty.json
+	$(PY) scripts/seqrec_benchmark.py --systems ours-gru4rec ours-sasrec --max-epochs 1 --budget-s 0 --out docs/seqrec_benchmark_ours_epoch.json
+
+dissan-table: venv ## DisSAN, no-distance ablation and BiLSTM-max on SICK over 3 seeds
+	$(PY) scripts/dissan_table.py --seeds 0 1 2 --out docs/dissan_table
+
+dissan-bench: venv ## DisSAN batched encoder vs a per-example, per-head reference (speed, memory, equality)
+	$(PY) scripts/dissan_benchmark.py --out docs/dissan_benchmark.json
 
 clean: ## remove local runs, checkpoints and outputs (not the DVC cache)
 	rm -rf mlflow.db mlruns checkpoints outputs
