@@ -57,24 +57,16 @@ def run_ours(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from models.common.config import ConfigError, load_section
+    from models.common.config import load_section
     from models.seqrec import recipe
-    from models.seqrec.config import SeqRecConfig, SeqRecTrainConfig
+    from models.seqrec.config import SeqRecConfig
     from models.seqrec.data import leave_one_out, load_sequences
 
     ckpt_dir = Path(args.work_dir).resolve() / "ckpt" / f"{args.dataset}-{args.model}-{os.getpid()}"
     overrides = {"data.dataset": args.dataset, "model.name": args.model, "train.device": "cpu", "train.resume": False,
                  "train.epochs": args.max_epochs, "train.checkpoint_dir": str(ckpt_dir.parent)}
-    has_option = "time_budget_s" in SeqRecTrainConfig.model_fields
-    recipe_budget = has_option and args.budget_mode == "auto"
-    if has_option:
-        overrides["train.time_budget_s"] = float(args.budget_s) if recipe_budget else 0.0
-    try:
-        cfg, config_source = load_section(SeqRecConfig, "seqrec", REPO / "params.yaml", overrides), "params.yaml seqrec + overrides"
-    except ConfigError as err:  # params.yaml mid-edit: the typed defaults with the same overrides
-        print(f"[ours] params.yaml does not validate ({err}); using SeqRecConfig defaults", file=sys.stderr)
-        from models.common.config import deep_update, validate
-        cfg, config_source = validate(SeqRecConfig, deep_update(SeqRecConfig().model_dump(), overrides)), "SeqRecConfig defaults + overrides"
+    overrides["train.time_budget_s"] = float(args.budget_s)
+    cfg, config_source = load_section(SeqRecConfig, "seqrec", REPO / "params.yaml", overrides), "params.yaml seqrec + overrides"
 
     t0 = time.perf_counter()
     if args.users:
@@ -86,38 +78,6 @@ def run_ours(args: argparse.Namespace) -> int:
     n_users = len(data.train_inputs)
     n_targets = int((data.train_targets > 0).sum())
 
-    # epoch timing: the recipe records train_seconds / valid_seconds itself when it has the budget option;
-    # otherwise the epoch and the validation calls are timed here and the budget is added to should_stop.
-    timing: dict[str, list[float]] = {"epoch": [], "valid": []}
-    if not recipe_budget:
-        orig_run_epochs, orig_evaluate = recipe.run_epochs, recipe.evaluate
-
-        def timed_evaluate(*a, **kw):
-            t = time.perf_counter()
-            out = orig_evaluate(*a, **kw)
-            timing["valid"].append(time.perf_counter() - t)
-            return out
-
-        def run_epochs(**kw):
-            train_epoch, should_stop = kw["train_epoch"], kw["should_stop"]
-
-            def timed_train_epoch(epoch):
-                t = time.perf_counter()
-                metrics = train_epoch(epoch)
-                total, valid = time.perf_counter() - t, timing["valid"][-1]
-                if "train_seconds" not in metrics:  # (the recipe's own, tighter, numbers win when present)
-                    metrics.update(train_seconds=total - valid, valid_seconds=valid)
-                return metrics
-
-            def stop(history):
-                spent = sum(h["train_seconds"] + h["valid_seconds"] for h in history)
-                return should_stop(history) or (args.budget_s > 0 and spent >= args.budget_s)
-
-            kw.update(train_epoch=timed_train_epoch, should_stop=stop)
-            return orig_run_epochs(**kw)
-
-        recipe.run_epochs, recipe.evaluate = run_epochs, timed_evaluate
-
     spent = [0.0]
 
     def report(epoch: int, m: dict) -> None:
@@ -126,7 +86,7 @@ def run_ours(args: argparse.Namespace) -> int:
               f"valid NDCG@10 {m[recipe.GATE_METRIC]:.4f}, spent {spent[0]:.1f}s", file=sys.stderr, flush=True)
 
     print(f"[ours] {args.dataset} {args.model}: {n_users} users, {data.n_items} items, {n_targets} train targets; "
-          f"data preparation {data_prep_s:.1f}s; budget via {'recipe train.time_budget_s' if recipe_budget else 'benchmark wrapper'}",
+          f"data preparation {data_prep_s:.1f}s; budget via recipe train.time_budget_s",
           file=sys.stderr, flush=True)
     try:
         model, history = recipe.train(cfg, data=data, ckpt_dir=str(ckpt_dir), on_epoch_end=[report], progress=False)
@@ -151,8 +111,7 @@ def run_ours(args: argparse.Namespace) -> int:
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "torch_threads": torch.get_num_threads(), "device": str(device),
         "counts": {"users": n_users, "items": data.n_items, "train_targets": n_targets},
-        "data_prep_seconds": data_prep_s, "budget_s": args.budget_s, "budget_mechanism":
-            "recipe train.time_budget_s" if recipe_budget else "benchmark should_stop wrapper",
+        "data_prep_seconds": data_prep_s, "budget_s": args.budget_s, "budget_mechanism": "recipe train.time_budget_s",
         "max_epochs": args.max_epochs, "epochs_run": len(history), "stop_reason": stop_reason,
         "train_seconds_total": sum(train_s), "valid_seconds_total": sum(valid_s), "train_seconds_per_epoch": mean_train,
         "users_per_s": n_users / mean_train, "targets_per_s": n_targets / mean_train,
@@ -324,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", choices=DATASETS, help=argparse.SUPPRESS)
     ap.add_argument("--model", choices=("gru4rec", "sasrec", "fanc"), help=argparse.SUPPRESS)
-    ap.add_argument("--budget-mode", choices=("auto", "benchmark"), default="auto", help=argparse.SUPPRESS)  # benchmark: test the fallback
     args = ap.parse_args(argv)
     if Path("/work/shared") in (Path(args.work_dir).resolve(), *Path(args.work_dir).resolve().parents):
         ap.error("--work-dir must not be under /work/shared")
