@@ -1,0 +1,109 @@
+"""Typed configuration of EGTR (``params.yaml`` section ``egtr``).
+
+Defaults follow naver-ai/egtr @ 7f87450 (``train_egtr.py``, ``pretrain_detr.py``) and the spec
+``../shared/specs/egtr.md``; the paper's sizes are the defaults of :class:`DetectorConfig`. The CPU runs of
+this project override the sizes (see ``params.yaml``), never the formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from models.common.config import StrictConfig
+
+
+class DetectorConfig(StrictConfig):
+    """Deformable DETR (Hugging Face ``SenseTime/deformable-detr`` config): no box refinement, no two-stage."""
+
+    backbone: str = "resnet50"  # a timm model name
+    backbone_weights: str | None = None  # local path to a timm/torchvision state dict; None = random init
+    d_model: int = 256
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    heads: int = 8
+    ffn_dim: int = 1024
+    n_points: int = 4
+    num_feature_levels: int = 4
+    num_queries: int = 200
+    dropout: float = 0.1
+
+
+class RelationConfig(StrictConfig):
+    # log_counts = the official formula log(fg + eps / (fg.sum(2) + eps)), i.e. the log of raw counts
+    # (operator precedence; spec section 2.3); log_softmax = the --use_log_softmax fix; off = no bias.
+    freq_bias: Literal["log_counts", "log_softmax", "off"] = "log_counts"
+    logit_adjustment: bool = False  # post-hoc G -= tau * log p(predicate), official --logit_adjustment
+    logit_adjustment_tau: float = 0.3
+
+
+class LossConfig(StrictConfig):
+    cls: float = 2.0  # also the matcher's class weight
+    bbox: float = 5.0
+    giou: float = 2.0
+    rel: float = 15.0
+    conn: float = 30.0  # 90 for Open Images (--connectivity_loss_coefficient)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smoothing: float = 1e-14  # --smoothing; adaptive relation smoothing, spec 3.2
+    rel_sample_negatives: int = 80
+    rel_sample_nonmatching: int = 80
+    nonmatching_sampling: Literal["topk", "random"] = "topk"  # VG: top-k; OI: random (argparse comment)
+
+
+class StageConfig(StrictConfig):
+    """One training stage: ``epochs`` at ``lr`` then ``finetune_epochs`` at 0.1 x every lr."""
+
+    epochs: int = 50
+    finetune_epochs: int = 25
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4  # pretrain: detector; sgg: new modules (relation head)
+    lr_detector: float = 2e-6  # sgg only: the rest of the detector
+    lr_backbone: float = 1e-5  # backbone, reference points, sampling offsets
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    patience: int = 15  # early stopping on validation loss
+    aux_loss: bool = True
+    time_budget_s: float = 0.0  # 0 = no wall-clock budget
+    num_workers: int = 0
+
+
+class AugmentConfig(StrictConfig):
+    """The DETR COCO recipe: flip, then multi-scale resize (or resize -> random crop -> multi-scale resize)."""
+
+    hflip: bool = True
+    # predicates swapped by a horizontal flip (e.g. "left of" <-> "right of"); names from rel.json
+    flip_swap: list[list[str]] = []
+    scales: list[int] = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+    max_size: int = 1333
+    crop_scales: list[int] = [400, 500, 600]
+    crop_min: int = 384
+    crop_max: int = 600
+    eval_size: int = 800
+    eval_max_size: int = 1333
+
+
+class EvalConfig(StrictConfig):
+    ks: list[int] = [20, 50, 100]
+    obj_score: Literal["softmax", "sigmoid"] = "softmax"  # official: softmax at test time
+    protocol: Literal["vg", "oi"] = "vg"
+    max_images: int = 0  # 0 = the whole split
+
+
+class EgtrConfig(StrictConfig):
+    seed: int = 42
+    dataset: str = "synthetic"
+    data_dir: str = "data/processed/sgg/synthetic"
+    out_dir: str = "outputs/egtr/synthetic"
+    device: str = "auto"
+    detector: DetectorConfig = DetectorConfig()
+    relation: RelationConfig = RelationConfig()
+    loss: LossConfig = LossConfig()
+    pretrain: StageConfig = StageConfig(epochs=150, finetune_epochs=50, lr=1e-4, lr_backbone=1e-5, aux_loss=True)
+    sgg: StageConfig = StageConfig(epochs=50, finetune_epochs=25, lr=2e-4, lr_detector=2e-6, lr_backbone=2e-7,
+                                   aux_loss=False, grad_accum=2)
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    pretrained: str = ""  # a stage-0 detector checkpoint to start stage 1 from ("" = run / reuse stage 0)
+    metrics_dir: str = "metrics/egtr"  # the flows write <dataset>-pretrain.json / <dataset>.json here (DVC metrics)
+    plots_dir: str = "plots/egtr"

@@ -1,0 +1,216 @@
+"""EGTR training and evaluation recipes: stage 0 (detector pretraining) and stage 1 (SGG), then SGDet evaluation.
+
+Both stages use the shared epoch loop (:func:`models.common.checkpoint.run_epochs`): one checkpoint per epoch,
+resume from the newest, early stopping on validation loss (patience), the best weights by validation loss
+kept in ``best.pt``. The learning rates follow the spec (3.4): ``epochs`` at the base rates, then
+``finetune_epochs`` at 0.1x every rate. Gradient clipping at ``grad_clip`` (max norm), gradient accumulation
+``grad_accum``. An optional wall-clock budget (``time_budget_s``) ends a stage after the epoch that crosses it.
+
+Checkpoint files carry their type: ``kind: "detector"`` (stage 0) or ``kind: "egtr"`` (stage 1). Loading an EGTR
+model from a detector file (or the reverse) fails with a message that says which is which (naver-ai/egtr #5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.common.checkpoint import atomic_torch_save, check_finite, latest_checkpoint, run_epochs
+from models.common.seed import select_device, set_seed
+from models.egtr.config import EgtrConfig, StageConfig
+from models.egtr.data import SceneGraphDataset, collate, fg_matrix
+from models.egtr.losses import HungarianMatcher, total_loss
+from models.egtr.modeling import EGTR, count_parameters, param_groups
+
+
+class CheckpointKindError(ValueError):
+    """A checkpoint of the wrong type (detector vs EGTR) was given."""
+
+
+def fingerprint(cfg: EgtrConfig, stage: str) -> str:
+    import hashlib
+
+    keep = {"seed": cfg.seed, "data_dir": cfg.data_dir, "detector": cfg.detector.model_dump(), "loss": cfg.loss.model_dump(),
+            "stage": getattr(cfg, stage).model_dump(exclude={"time_budget_s", "num_workers"}),
+            "augment": cfg.augment.model_dump(), "relation": cfg.relation.model_dump(), "kind": stage}
+    if stage == "sgg":  # the detector it starts from is part of its identity
+        keep["init"] = cfg.pretrained or getattr(cfg, "pretrain").model_dump(exclude={"time_budget_s", "num_workers"})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def label_space(data_dir: str | Path) -> tuple[list[str], list[str]]:
+    from models.egtr.schema import load_split
+
+    sg = load_split(data_dir, "train")
+    return list(sg.categories), list(sg.predicates)
+
+
+def save_model(path: str | Path, model: EGTR, cfg: EgtrConfig, kind: str, categories: list[str], predicates: list[str],
+               extra: dict | None = None) -> Path:
+    state = {"kind": kind, "model": model.state_dict(), "detector_cfg": cfg.detector.model_dump(),
+             "freq_bias": cfg.relation.freq_bias, "categories": categories, "predicates": predicates,
+             "eval_size": cfg.augment.eval_size, "eval_max_size": cfg.augment.eval_max_size, "obj_score": cfg.eval.obj_score,
+             **(extra or {})}
+    return atomic_torch_save(state, path)
+
+
+def load_model(path: str | Path, kind: str = "egtr", map_location: str = "cpu") -> tuple[EGTR, dict]:
+    """Load a saved model of type ``kind``; the label names travel with the weights."""
+    from models.egtr.config import DetectorConfig
+
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    found = state.get("kind")
+    if found != kind:
+        what = {"detector": "a stage-0 detector checkpoint (no relation head)", "egtr": "an EGTR (stage-1) checkpoint"}
+        raise CheckpointKindError(f"{path}: expected {what.get(kind, kind)}, found {what.get(found, repr(found))}")
+    det_cfg = DetectorConfig(**state["detector_cfg"])
+    n_pred = len(state["predicates"]) if kind == "egtr" else 0
+    model = EGTR(det_cfg, len(state["categories"]), n_pred, freq_bias=state.get("freq_bias", "log_counts"))
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def _loader(cfg: EgtrConfig, split: str, train: bool, crop: bool, batch_size: int, max_images: int = 0):
+    ds = SceneGraphDataset(cfg.data_dir, split, cfg.augment, train=train, crop=crop, seed=cfg.seed, max_images=max_images)
+    return ds
+
+
+def _batches(ds: SceneGraphDataset, batch_size: int, order: list[int], num_workers: int):
+    subset = torch.utils.data.Subset(ds, order)
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+
+
+def _to(targets: list[dict], device) -> list[dict]:
+    return [{**t, "labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
+
+
+@torch.no_grad()
+def validation_loss(model: EGTR, ds: SceneGraphDataset, cfg: EgtrConfig, stage_cfg: StageConfig, device) -> dict:
+    """Mean loss on the validation split (no relation sampling: the mean over all N x N x P entries)."""
+    model.eval()
+    matcher = HungarianMatcher(cfg.loss)
+    totals, n = {}, 0
+    for pixel_values, pixel_mask, targets in _batches(ds, stage_cfg.batch_size, list(range(len(ds))), 0):
+        out = model(pixel_values.to(device), pixel_mask.to(device))
+        _, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=stage_cfg.aux_loss, sample=False)
+        for k, v in logs.items():
+            totals[k] = totals.get(k, 0.0) + v * len(targets)
+        n += len(targets)
+    return {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
+
+
+def stage_dir(cfg: EgtrConfig, stage: str) -> Path:
+    """``<out_dir>/<stage>-<config fingerprint>``: a rerun of the same config resumes, a changed one starts fresh."""
+    return Path(cfg.out_dir) / f"{stage}-{fingerprint(cfg, stage)}"
+
+
+def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None,
+                progress: bool = True, on_epoch_end=()) -> dict:
+    """Train stage ``pretrain`` (detector) or ``sgg`` (EGTR from a detector checkpoint ``init_from``).
+
+    Returns ``{"weights": best.pt, "history": [...], "epochs_run", "stopped_by", "seconds"}``.
+    """
+    if stage not in ("pretrain", "sgg"):
+        raise ValueError(f"stage must be 'pretrain' or 'sgg' (got {stage!r})")
+    sc: StageConfig = getattr(cfg, stage)
+    set_seed(cfg.seed)
+    device = select_device(cfg.device)
+    categories, predicates = label_space(cfg.data_dir)
+    if stage == "pretrain":
+        model = EGTR(cfg.detector, len(categories), 0)
+        new_keys = None
+    else:
+        fg = fg_matrix(cfg.data_dir, len(categories), len(predicates))
+        model = EGTR(cfg.detector, len(categories), len(predicates), fg_matrix=fg, freq_bias=cfg.relation.freq_bias)
+        new_keys = {n for n, _ in model.named_parameters()}
+        if init_from is not None:
+            det, det_state = load_model(init_from, kind="detector")
+            if det_state["categories"] != categories:
+                raise ValueError(f"{init_from}: detector trained on categories {det_state['categories'][:5]}..., "
+                                 f"dataset {cfg.data_dir} has {categories[:5]}...")
+            missing, unexpected = model.load_state_dict(det.state_dict(), strict=False)
+            if unexpected:
+                raise ValueError(f"{init_from}: unexpected keys {unexpected[:5]}")
+            new_keys = set(missing) & new_keys
+    model.to(device)
+    groups = param_groups(model, stage, sc.lr, sc.lr_detector, sc.lr_backbone, sc.weight_decay, new_keys)
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
+    train_ds = _loader(cfg, "train", True, crop=(stage == "pretrain"), batch_size=sc.batch_size)
+    val_ds = _loader(cfg, "val", False, crop=False, batch_size=sc.batch_size)
+    matcher = HungarianMatcher(cfg.loss)
+    run_dir = stage_dir(cfg, stage)
+    ckpt_dir = run_dir / "checkpoints"
+    best_path = run_dir / "best.pt"
+    total_epochs = sc.epochs + sc.finetune_epochs
+    start = time.monotonic()
+    state = {"best": math.inf, "stopped_by": "epochs"}
+    kind = "detector" if stage == "pretrain" else "egtr"
+    if best_path.exists():
+        if latest_checkpoint(ckpt_dir) is None:
+            best_path.unlink()  # a fresh run: never keep the best weights of an older one
+        else:
+            state["best"] = float(torch.load(best_path, map_location="cpu", weights_only=True).get("val_loss", math.inf))
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        model.train()
+        factor = 1.0 if epoch < sc.epochs else 0.1
+        for g, lr in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = lr * factor
+        train_ds.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_ds), generator=gen).tolist()
+        sums, n, steps = {}, 0, 0
+        optimizer.zero_grad(set_to_none=True)
+        batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
+        bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, disable=not progress)
+        for step, (pixel_values, pixel_mask, targets) in enumerate(bar):
+            out = model(pixel_values.to(device), pixel_mask.to(device))
+            loss, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=sc.aux_loss, generator=gen)
+            check_finite(loss, epoch=epoch, step=step, ckpt_dir=ckpt_dir)
+            (loss / sc.grad_accum).backward()
+            if (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches):
+                if sc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+            for k, v in logs.items():
+                if not (isinstance(v, float) and math.isnan(v)):
+                    sums[k] = sums.get(k, 0.0) + v * len(targets)
+            n += len(targets)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        metrics = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+        metrics.update(validation_loss(model, val_ds, cfg, sc, device))
+        metrics["lr_factor"] = factor
+        metrics["elapsed_s"] = time.monotonic() - start
+        if metrics["val_loss"] < state["best"]:
+            state["best"] = metrics["val_loss"]
+            save_model(best_path, model, cfg, kind, categories, predicates, {"epoch": epoch + 1, "val_loss": state["best"]})
+        return metrics
+
+    def should_stop(history: list[dict[str, float]]) -> bool:
+        losses = [h["val_loss"] for h in history]
+        best_epoch = int(np.argmin(losses))
+        if len(losses) - 1 - best_epoch >= sc.patience:
+            state["stopped_by"] = "early_stopping"
+            return True
+        if sc.time_budget_s and time.monotonic() - start >= sc.time_budget_s:
+            state["stopped_by"] = "time_budget"
+            return True
+        return False
+
+    history = run_epochs(model=model, optimizer=optimizer, epochs=total_epochs, ckpt_dir=ckpt_dir,
+                         fingerprint=fingerprint(cfg, stage), seed=cfg.seed, train_epoch=train_epoch,
+                         on_epoch_end=on_epoch_end, should_stop=should_stop, progress=progress)
+    if not best_path.exists():  # resumed after the last epoch: rebuild best.pt from the final weights
+        save_model(best_path, model, cfg, kind, categories, predicates, {"epoch": len(history)})
+    return {"weights": str(best_path), "history": history, "epochs_run": len(history),
+            "stopped_by": state["stopped_by"], "seconds": time.monotonic() - start}

@@ -1,0 +1,125 @@
+"""End-to-end: both EGTR flows on a tiny SYNTHETIC scene set (tiny random model), the registry, the pyfunc and
+the inference command; plus the synthetic generator's geometry and the checkpoint-kind check."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from data.synthetic_scenes import PREDICATES, generate, predicate
+
+TINY_EGTR = {
+    "dataset": "synthetic",
+    "detector": {"backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "heads": 4, "ffn_dim": 64,
+                 "n_points": 2, "num_feature_levels": 3, "num_queries": 8, "dropout": 0.0},
+    "pretrain": {"epochs": 1, "finetune_epochs": 1, "batch_size": 4, "time_budget_s": 0.0},
+    "sgg": {"epochs": 1, "finetune_epochs": 0, "batch_size": 4, "lr": 2.0e-4, "lr_detector": 2.0e-6, "lr_backbone": 2.0e-7,
+            "aux_loss": False},
+    "augment": {"scales": [64], "max_size": 64, "crop_scales": [64], "crop_min": 48, "crop_max": 64, "eval_size": 64,
+                "eval_max_size": 64, "flip_swap": [["left of", "right of"]]},
+    "device": "cpu",
+}
+
+
+def test_synthetic_predicates_follow_geometry():
+    assert predicate((0, 0, 10, 10), (20, 0, 30, 10)) == "left of"
+    assert predicate((20, 0, 30, 10), (0, 0, 10, 10)) == "right of"
+    assert predicate((0, 0, 10, 10), (0, 30, 10, 40)) == "above"
+    assert predicate((0, 30, 10, 40), (0, 0, 10, 10)) == "below"
+    assert predicate((5, 5, 8, 8), (0, 0, 20, 20)) == "inside"
+    assert predicate((0, 0, 20, 20), (5, 5, 8, 8)) == "contains"
+    assert predicate((0, 0, 10, 10), (11, 0, 20, 10)) == "touching"
+
+
+def test_synthetic_generator_is_seeded_and_labelled(tmp_path):
+    from models.egtr.schema import dataset_stats, load_split, validate_dataset
+
+    a = generate(tmp_path / "a", train=6, val=2, test=2, size=64, max_size=24, seed=3)
+    b = generate(tmp_path / "b", train=6, val=2, test=2, size=64, max_size=24, seed=3)
+    validate_dataset(a)
+    assert (a / "train.json").read_text() == (b / "train.json").read_text()
+    assert json.loads((a / "meta.json").read_text())["synthetic"] is True
+    stats = dataset_stats(a)
+    assert stats["train"]["images"] == 6 and stats["num_predicates"] == len(PREDICATES)
+    sg = load_split(a, "train")
+    for iid in sg.image_ids:  # every ordered pair has exactly one predicate, equal to the geometry rule
+        t = sg.targets(iid)
+        m = len(t["labels"])
+        assert len(t["rels"]) == m * (m - 1)
+        xyxy = [(x, y, x + w, y + h) for x, y, w, h in t["boxes_xywh"].tolist()]
+        for s, o, p in t["rels"].tolist():
+            assert PREDICATES[p] == predicate(xyxy[s], xyxy[o])
+        assert sg.image_path(iid).is_file()
+
+
+@pytest.fixture
+def tiny_synthetic(tmp_path):
+    data = generate(tmp_path / "sgg", train=12, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=0)
+    params = {"egtr": {**TINY_EGTR, "data_dir": str(data), "out_dir": str(tmp_path / "out"),
+                       "metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots")}}
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    return str(p), data
+
+
+@pytest.mark.slow
+def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store, tiny_synthetic, tmp_path, monkeypatch):
+    from flows.egtr import egtr_flow
+    from models.egtr.infer import main as infer_main
+    from models.egtr.recipe import CheckpointKindError, load_model
+
+    params, data = tiny_synthetic
+    monkeypatch.chdir(tmp_path)
+    res = egtr_flow(params_path=params)
+    det = res["detector"]
+    assert det["source"] == "egtr-pretrain subflow" and det["epochs_run"] == 2 and Path(det["weights"]).is_file()
+    assert 0.0 <= det["pretrain_val_AP50"] <= 1.0
+    assert res["synthetic"] is True and res["sgg_epochs_run"] == 1
+    t = res["test"]
+    for k in ("R_at_20", "R_at_50", "R_at_100", "mR_at_50", "ngc_R_at_50", "AP50"):
+        assert 0.0 <= t[k] <= 1.0, k
+    assert t["R_at_20"] <= t["R_at_50"] <= t["R_at_100"] and t["R_at_50"] <= t["ngc_R_at_50"] + 1e-9
+    assert t["params_relation_head"] > 0 and t["images_per_s"] > 0
+    assert set(res["gates"]) == {"val_rel_gate_0", "val_rel_gate_1", "val_rel_gate_2"}
+    written = json.loads((tmp_path / "metrics" / "synthetic.json").read_text())
+    assert written["val_R_at_50"] == res["val_R_at_50"]
+    assert json.loads((tmp_path / "metrics" / "synthetic-pretrain.json").read_text())["epochs_run"] == 2
+    assert res["registry"]["promoted"] and res["registry"]["champion_alias"] == "champion_synthetic"
+    c = MlflowClient()
+    run = c.get_run(res["run_id"])
+    assert run.data.tags["synthetic"] == "true" and run.data.tags["stage"] == "sgg"
+    assert "test_untrained_head_R_at_50" in run.data.metrics and "test_freq_only_R_at_50" in run.data.metrics
+    assert "figures/test_predicate_recall.png" in {a.path for a in c.list_artifacts(res["run_id"], "figures")}
+
+    # the pyfunc: base64 image in, scene graph with the training label names out
+    model = mlflow.pyfunc.load_model("models:/egtr@champion_synthetic")
+    img = sorted((data / "images").glob("test_*.png"))[0]
+    out = model.predict(pd.DataFrame([{"image": base64.b64encode(img.read_bytes()).decode()}]))
+    objects, relations = json.loads(out.objects[0]), json.loads(out.relations[0])
+    assert relations and {r["predicate"] for r in relations} <= set(PREDICATES)
+    assert {o["label"] for o in objects} <= {"circle", "square", "triangle", "diamond", "ring", "bar"}
+    with pytest.raises(Exception, match="image"):
+        model.predict(pd.DataFrame([{"image": "not an image"}]))
+
+    # a second run reuses the finished detector (same fingerprint -> resumed at its last epoch, no new epochs)
+    res2 = egtr_flow(params_path=params, register_model=False)
+    assert res2["detector"]["weights"] == det["weights"] and res2["detector"]["epochs_run"] == 2
+
+    # inference command on one image, from the registry
+    out_dir = tmp_path / "sg"
+    assert infer_main(["--model", "models:/egtr@champion_synthetic", "--images", str(img), "--out", str(out_dir), "--top-k", "5"]) == 0
+    graph = json.loads((out_dir / f"{img.stem}.json").read_text())
+    assert len(graph["relations"]) == 5 and graph["width"] == 64
+    assert all(r["text"].split(" ")[0] in {"circle", "square", "triangle", "diamond", "ring", "bar"} for r in graph["relations"])
+    assert (out_dir / f"{img.stem}.png").stat().st_size > 1000
+    # a detector checkpoint is refused with a message that says what it is
+    with pytest.raises(CheckpointKindError, match="stage-0 detector"):
+        load_model(det["weights"], "egtr")
+    assert infer_main(["--model", det["weights"], "--images", str(img), "--out", str(out_dir)]) == 2
