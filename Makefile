@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help venv run test test-fast repro deploy melu-table melu-bench seqrec-bench dissan-table dissan-bench clean
+.PHONY: help venv run test test-fast repro deploy melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ dissan-table: venv ## DisSAN, no-distance ablation and BiLSTM-max on SICK over 3
 
 dissan-bench: venv ## DisSAN batched encoder vs a per-example, per-head reference (speed, memory, equality)
 	$(PY) scripts/dissan_benchmark.py --out docs/dissan_benchmark.json
+
+egtr-bench: venv ## EGTR params and images/s at 600x1000, batch 1: detector alone vs the full model
+	$(PY) scripts/egtr_benchmark.py --out docs/egtr_benchmark.json
 
 clean: ## remove local runs, checkpoints and outputs (not the DVC cache)
 	rm -rf mlflow.db mlruns checkpoints outputs

@@ -1,5 +1,5 @@
 """`dvc repro` on the real mirror (tiny model settings) of one train stage per system: data stages -> MeLU
-flow, one seqrec matrix stage, one DisSAN matrix stage -> MLflow champions; a second `dvc repro` does
+flow, one seqrec matrix stage, one DisSAN matrix stage, the synthetic EGTR stage -> MLflow champions; a second `dvc repro` does
 nothing; `dvc metrics show` and `dvc plots show` work. (The full pipeline trains 20 seqrec runs of 240 s:
 too long for CI, and the same stages are exercised here with tiny settings.)"""
 
@@ -34,13 +34,18 @@ def test_dvc_repro_twice_metrics_plots_and_champion(tmp_path):
     params["seqrec"]["train"].update({"epochs": 1, "time_budget_s": 0.0})
     params["dissan"]["model"].update({"classifier_hidden": 16})
     params["dissan"]["train"].update({"epochs": 1})
+    params["sgg_data"]["synthetic"].update({"train": 12, "val": 4, "test": 4, "size": 64, "max_objects": 3, "max_size": 24})
+    from tests.test_flow_egtr import TINY_EGTR
+
+    for key in ("detector", "pretrain", "sgg", "augment"):
+        params["egtr"][key] = TINY_EGTR[key]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     sh = lambda *a: subprocess.run(list(a), cwd=work, env=env, capture_output=True, text=True, timeout=900)  # noqa: E731
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         assert sh(*cmd).returncode == 0
-    targets = ["train_melu", "train_seqrec@fanc-Beauty", "train_dissan@dissan-sick"]
+    targets = ["train_melu", "train_seqrec@fanc-Beauty", "train_dissan@dissan-sick", "train_egtr@synthetic"]
     first = sh("dvc", "repro", *targets)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     for stage in targets:
@@ -70,3 +75,9 @@ def test_dvc_repro_twice_metrics_plots_and_champion(tmp_path):
     assert fanc["epochs"] == 1 and fanc["protocol"] == "full ranking over all items"
     assert run.data.tags["dvc.stage"] == "train_melu"
     assert client.get_run(fanc["run_id"]).data.tags["dvc.stage"] == "train_seqrec@fanc-Beauty"
+    egtr = json.loads((work / "metrics" / "egtr" / "synthetic.json").read_text())
+    assert egtr["synthetic"] is True and egtr["detector"]["epochs_run"] == 2
+    assert client.get_model_version_by_alias("egtr", "champion_synthetic").run_id == egtr["run_id"]
+    assert client.get_run(egtr["run_id"]).data.tags["dvc.stage"] == "train_egtr@synthetic"
+    sgg_stats = json.loads((work / "metrics" / "sgg_data" / "synthetic.json").read_text())
+    assert sgg_stats["train"]["images"] == 12 and sgg_stats["source"] == "synthetic"

@@ -77,9 +77,8 @@ def load_model(path: str | Path, kind: str = "egtr", map_location: str = "cpu") 
     return model, state
 
 
-def _loader(cfg: EgtrConfig, split: str, train: bool, crop: bool, batch_size: int, max_images: int = 0):
-    ds = SceneGraphDataset(cfg.data_dir, split, cfg.augment, train=train, crop=crop, seed=cfg.seed, max_images=max_images)
-    return ds
+def _dataset(cfg: EgtrConfig, split: str, train: bool, crop: bool) -> SceneGraphDataset:
+    return SceneGraphDataset(cfg.data_dir, split, cfg.augment, train=train, crop=crop, seed=cfg.seed)
 
 
 def _batches(ds: SceneGraphDataset, batch_size: int, order: list[int], num_workers: int):
@@ -143,8 +142,8 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
     groups = param_groups(model, stage, sc.lr, sc.lr_detector, sc.lr_backbone, sc.weight_decay, new_keys)
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
-    train_ds = _loader(cfg, "train", True, crop=(stage == "pretrain"), batch_size=sc.batch_size)
-    val_ds = _loader(cfg, "val", False, crop=False, batch_size=sc.batch_size)
+    train_ds = _dataset(cfg, "train", True, crop=(stage == "pretrain"))  # no random crop in the SGG stage
+    val_ds = _dataset(cfg, "val", False, crop=False)
     matcher = HungarianMatcher(cfg.loss)
     run_dir = stage_dir(cfg, stage)
     ckpt_dir = run_dir / "checkpoints"
