@@ -123,3 +123,28 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
     with pytest.raises(CheckpointKindError, match="stage-0 detector"):
         load_model(det["weights"], "egtr")
     assert infer_main(["--model", det["weights"], "--images", str(img), "--out", str(out_dir)]) == 2
+
+
+def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
+    """Kill after epoch 1 of 2 (drop the newest checkpoint): the rerun resumes and ends where an uninterrupted run ends."""
+    import torch
+
+    from models.egtr.config import EgtrConfig
+    from models.egtr.recipe import stage_dir, train_stage
+
+    data = generate(tmp_path / "sgg", train=8, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=1)
+    raw = {**TINY_EGTR, "data_dir": str(data), "pretrain": {**TINY_EGTR["pretrain"], "epochs": 2, "finetune_epochs": 0}}
+    full = train_stage(EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "a")}), "pretrain", progress=False)
+    cfg_b = EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "b")})
+    train_stage(cfg_b, "pretrain", progress=False)
+    ckpts = sorted((stage_dir(cfg_b, "pretrain") / "checkpoints").glob("epoch-*.pt"))
+    assert [p.name for p in ckpts] == ["epoch-0001.pt", "epoch-0002.pt"]
+    ckpts[-1].unlink()  # as if killed during epoch 2
+    resumed = train_stage(cfg_b, "pretrain", progress=False)
+    assert resumed["epochs_run"] == 2
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)
+    a = torch.load(stage_dir(EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "a")}), "pretrain") / "checkpoints" / "epoch-0002.pt",
+                   weights_only=True)["model"]
+    b = torch.load(stage_dir(cfg_b, "pretrain") / "checkpoints" / "epoch-0002.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
