@@ -85,7 +85,8 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
     t = res["test"]
     for k in ("R_at_20", "R_at_50", "R_at_100", "mR_at_50", "ngc_R_at_50", "AP50"):
         assert 0.0 <= t[k] <= 1.0, k
-    assert t["R_at_20"] <= t["R_at_50"] <= t["R_at_100"] and t["R_at_50"] <= t["ngc_R_at_50"] + 1e-9
+    # (no-graph-constraint recall is not >= graph-constrained recall at equal K in general: K counts triplets)
+    assert t["R_at_20"] <= t["R_at_50"] <= t["R_at_100"] and t["ngc_R_at_20"] <= t["ngc_R_at_50"] <= t["ngc_R_at_100"]
     assert t["params_relation_head"] > 0 and t["images_per_s"] > 0
     assert set(res["gates"]) == {"val_rel_gate_0", "val_rel_gate_1", "val_rel_gate_2"}
     written = json.loads((tmp_path / "metrics" / "synthetic.json").read_text())
