@@ -149,3 +149,22 @@ def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
     b = torch.load(stage_dir(cfg_b, "pretrain") / "checkpoints" / "epoch-0002.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_with_the_open_images_protocol(tmp_path):
+    """eval.protocol = oi adds R@50 / wmAP_rel / wmAP_phr / score_wtd to the VG metrics (random tiny model)."""
+    import torch
+
+    from models.egtr.config import EgtrConfig
+    from models.egtr.evaluate import evaluate
+    from models.egtr.modeling import EGTR
+
+    data = generate(tmp_path / "sgg", train=4, val=2, test=3, size=64, max_objects=3, min_size=12, max_size=24, seed=2)
+    cfg = EgtrConfig.model_validate({**TINY_EGTR, "data_dir": str(data), "eval": {"protocol": "oi"}})
+    torch.manual_seed(0)
+    model = EGTR(cfg.detector, 6, len(PREDICATES))
+    res = evaluate(model, cfg, "test", progress=False)
+    for k in ("oi_R_at_50", "oi_wmAP_rel", "oi_wmAP_phr", "oi_score_wtd", "R_at_50", "AP50"):
+        assert 0.0 <= res[k] <= 1.0, k
+    assert res["oi_score_wtd"] == pytest.approx(0.2 * res["oi_R_at_50"] + 0.4 * res["oi_wmAP_rel"] + 0.4 * res["oi_wmAP_phr"])
+    assert res["images"] == 3
