@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.common.tracking import atomic_write_json, atomic_write_text  # noqa: E402
+from models.common.tracking import atomic_write_json, atomic_write_text, save_figure  # noqa: E402
 from models.seqrec.config import DATASETS, VARIANTS  # noqa: E402
 
 LABELS = {
@@ -96,11 +96,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

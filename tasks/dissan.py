@@ -29,16 +29,9 @@ def plots_dir(cfg: DissanConfig) -> Path:
 def train_dissan(params_path: str, overrides: dict, run_id: str, out_dir: str) -> dict:
     """Train for the configured epochs; per-epoch metrics to ``run_id``; the best-dev weights + vocabulary."""
     cfg = _cfg(params_path, overrides)
-    logged: set[int] = set()
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, metrics, step=epoch + 1)
-        logged.add(epoch)
-
+    log_epoch = tracking.EpochLogger(run_id)
     model, history, data = recipe.train(cfg, on_epoch_end=[log_epoch])
-    for epoch, metrics in enumerate(history):
-        if epoch not in logged:
-            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+    log_epoch.backfill(history)  # epochs restored from a checkpoint of an earlier attempt
     weights = atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, Path(out_dir) / "model.pt")
     meta = tracking.atomic_write_json(Path(out_dir) / "pyfunc_meta.json", {
         "itos": data.vocab.itos, "lowercase": data.vocab.lowercase, "max_len": cfg.data.max_len,
@@ -72,12 +65,7 @@ def _plot_confusion(confusion: list[list[int]], labels: list[str], title: str, p
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return tracking.save_figure(fig, path)
 
 
 @task

@@ -3,7 +3,6 @@ predictors), figures, and the pyfunc. Files for DVC go under ``plots_dir/<datase
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
@@ -23,29 +22,14 @@ def plots_dir(cfg: EgtrConfig) -> Path:
     return Path(cfg.plots_dir) / cfg.dataset
 
 
-def _epoch_logger(run_id: str, prefix: str):
-    logged: set[int] = set()
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch + 1)
-        logged.add(epoch)
-
-    def backfill(history: list[dict[str, float]]) -> None:  # epochs restored from a checkpoint on resume
-        for epoch, metrics in enumerate(history):
-            if epoch not in logged:
-                log_epoch(epoch, metrics)
-
-    return log_epoch, backfill
-
-
 @task(retries=1, retry_delay_seconds=5)
 def train_egtr_stage(params_path: str, overrides: dict, run_id: str, stage: str, init_from: str | None = None) -> dict:
     """Stage ``pretrain`` (detector) or ``sgg`` (EGTR); resumable; per-epoch metrics to ``run_id``."""
     cfg = _cfg(params_path, overrides)
     prefix = "pretrain_" if stage == "pretrain" else ""
-    log_epoch, backfill = _epoch_logger(run_id, prefix)
+    log_epoch = tracking.EpochLogger(run_id, prefix)
     result = recipe.train_stage(cfg, stage, init_from=init_from, on_epoch_end=[log_epoch])
-    backfill(result["history"])
+    log_epoch.backfill(result["history"])
     csv = tracking.write_history_csv(result["history"], plots_dir(cfg) / f"{stage}_curve.csv")
     tracking.log_file(run_id, csv, "plots")
     c = tracking.client()
@@ -69,12 +53,7 @@ def _plot_predicate_recall(per_predicate: list[float], names: list[str], title: 
     ax.set_ylabel("R@50 (graph constraint)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return tracking.save_figure(fig, path)
 
 
 @task
@@ -134,34 +113,20 @@ def evaluate_detector(params_path: str, overrides: dict, run_id: str, weights: s
 
 @task(retries=2, retry_delay_seconds=[2, 8])
 def log_egtr_model(run_id: str, weights: str, example_image: str) -> str:
-    """Log the pyfunc (signature from its own prediction on one test image). Like ``tracking.log_pyfunc``, but
-    with the detector's requirements (transformers, timm, scipy, pycocotools) in ``pip_requirements``."""
+    """Log the pyfunc (signature from its own prediction on one test image) with the detector's requirements."""
     import base64
 
-    import mlflow
     import pandas as pd
     import scipy
     import timm
-    import torch
     import transformers
-    from mlflow.models import infer_signature
 
     from models.egtr.pyfunc import SceneGraphPyfunc
 
     example = pd.DataFrame([{"image": base64.b64encode(Path(example_image).read_bytes()).decode()}])
-    model = SceneGraphPyfunc()
-    ctx = type("Context", (), {"artifacts": {"weights": weights}})()
-    model.load_context(ctx)
-    signature = infer_signature(example, model.predict(ctx, example))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, artifacts={"weights": weights}, signature=signature,
-            input_example=example, code_paths=[str(Path(__file__).resolve().parents[1] / "models")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-                              f"timm=={timm.__version__}", f"scipy=={scipy.__version__}", "pycocotools", "pillow",
-                              f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}", "pyarrow<26", "numpy"],
-        )
-    return info.model_uri
+    extra = [f"transformers=={transformers.__version__}", f"timm=={timm.__version__}", f"scipy=={scipy.__version__}",
+             "pycocotools", "pillow"]
+    return tracking.log_pyfunc(run_id, SceneGraphPyfunc(), {"weights": weights}, example, extra_requirements=extra)
 
 
 def example_image(cfg: EgtrConfig) -> str:
@@ -170,6 +135,3 @@ def example_image(cfg: EgtrConfig) -> str:
     sg = load_split(cfg.data_dir, "test")
     return str(sg.image_path(sg.image_ids[0]))
 
-
-def summary_json(path: Path, obj: dict) -> Path:
-    return tracking.atomic_write_json(path, json.loads(json.dumps(obj, default=float)))

@@ -37,16 +37,9 @@ def train_melu(params_path: str, overrides: dict, run_id: str, out_dir: str) -> 
     """Meta-train; log per-epoch metrics to ``run_id``; return {'weights': path, 'history': [...]}."""
     cfg = _cfg(params_path, overrides)
     ckpt_dir = str(Path(cfg.train.checkpoint_dir) / recipe.fingerprint(cfg))
-    logged: set[int] = set()
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, metrics, step=epoch + 1)
-        logged.add(epoch)
-
+    log_epoch = tracking.EpochLogger(run_id)
     model, history = recipe.train(cfg, ckpt_dir=ckpt_dir, on_epoch_end=[log_epoch])
-    for epoch, metrics in enumerate(history):  # epochs restored from a checkpoint of an earlier attempt
-        if epoch not in logged:
-            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+    log_epoch.backfill(history)  # epochs restored from a checkpoint of an earlier attempt
     weights = atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, Path(out_dir) / "model.pt")
     return {"weights": str(weights), "history": history, "checkpoint_dir": ckpt_dir}
 
@@ -66,9 +59,7 @@ def _plot_curves(history: list[dict[str, float]], path: Path) -> Path:
             ax[1].plot(epochs, [h[k] for h in history], label=k)
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("MAE (query sets)"); ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return tracking.save_figure(fig, path, dpi=100)
 
 
 @task

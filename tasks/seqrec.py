@@ -43,16 +43,9 @@ def _load(cfg: SeqRecConfig, weights: str):
 def train_seqrec(params_path: str, overrides: dict, run_id: str, out_dir: str) -> dict:
     """Train with early stopping; per-epoch metrics to ``run_id``; returns the best weights' path."""
     cfg = _cfg(params_path, overrides)
-    logged: set[int] = set()
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, metrics, step=epoch + 1)
-        logged.add(epoch)
-
+    log_epoch = tracking.EpochLogger(run_id)
     model, history = recipe.train(cfg, on_epoch_end=[log_epoch])
-    for epoch, metrics in enumerate(history):
-        if epoch not in logged:
-            tracking.log_metrics(run_id, metrics, step=epoch + 1)
+    log_epoch.backfill(history)  # epochs restored from a checkpoint of an earlier attempt
     weights = atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, Path(out_dir) / "model.pt")
     curves = tracking.write_history_csv(history, plots_dir(cfg) / "learning_curve.csv")
     tracking.log_file(run_id, curves, "plots")

@@ -110,6 +110,23 @@ def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
     client().log_dict(run_id, obj, artifact_file)
 
 
+class EpochLogger:
+    """``on_epoch_end`` callback logging each epoch's metrics to ``run_id`` (step = epoch + 1, names prefixed);
+    ``backfill(history)`` then logs the epochs a resumed run restored from a checkpoint instead of training."""
+
+    def __init__(self, run_id: str, prefix: str = ""):
+        self.run_id, self.prefix, self.logged = run_id, prefix, set()
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        log_metrics(self.run_id, {f"{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch + 1)
+        self.logged.add(epoch)
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        for epoch, metrics in enumerate(history):
+            if epoch not in self.logged:
+                self(epoch, metrics)
+
+
 def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client().log_artifact(run_id, str(path), artifact_path)
 
@@ -121,6 +138,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+    return path
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -136,9 +169,11 @@ def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example) -> str:
+def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example,
+               extra_requirements: list[str] = ()) -> str:
     """Log ``python_model`` to ``run_id`` as ``model`` with a signature inferred from its own prediction on
-    ``input_example``, the project's ``models`` package as code, and pinned requirements; return its URI."""
+    ``input_example``, the project's ``models`` package as code, and pinned requirements (plus the model's own
+    ``extra_requirements``); return its URI."""
     import mlflow
     import pandas as pd
     import torch
@@ -153,6 +188,6 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
             input_example=input_example, code_paths=[str(repo_root / "models")],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                              f"pandas=={pd.__version__}", "pyarrow<26", "numpy"],
+                              f"pandas=={pd.__version__}", "pyarrow<26", "numpy", *extra_requirements],
         )
     return info.model_uri

@@ -67,13 +67,9 @@ class SceneGraphDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def image_path(self, image_id: int) -> Path:
-        info = self.sg.coco.imgs[image_id]
-        return Path(self.sg.image_root) / info["file_name"]
-
     def __getitem__(self, idx: int):
         image_id = self.ids[idx]
-        path = self.image_path(image_id)
+        path = self.sg.image_path(image_id)
         try:
             img = Image.open(path).convert("RGB")
         except FileNotFoundError:

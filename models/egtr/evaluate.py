@@ -17,7 +17,6 @@ Predictors compared by the learning benchmark (``predictor``):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,7 +93,7 @@ def evaluate(model: EGTR, cfg: EgtrConfig, split: str, predictor: str = "egtr", 
              progress: bool = True, max_images: int = 0) -> dict:
     """SGDet metrics of ``predictor`` on ``split``: R@K / mR@K with and without graph constraint (VG protocol),
     the Open Images metrics when ``eval.protocol == "oi"``, detector AP50, parameters and images per second."""
-    from models.egtr.metrics import OIEvaluator, SGRecall, detection_ap50, sgdet_triplets
+    from models.egtr.metrics import OIEvaluator, SGRecall, detection_ap50
 
     ds = SceneGraphDataset(cfg.data_dir, split, cfg.augment, train=False, seed=cfg.seed,
                            max_images=max_images or cfg.eval.max_images)
@@ -125,7 +124,8 @@ def evaluate(model: EGTR, cfg: EgtrConfig, split: str, predictor: str = "egtr", 
             det_preds.append(p["det"])
         tick = time.perf_counter()
     res: dict[str, float] = {}
-    for key, val in gc.summary().items():
+    gc_summary = gc.summary()
+    for key, val in gc_summary.items():
         if not key.startswith("per_predicate"):
             res[key.replace("@", "_at_")] = float(val)
     for key, val in ngc.summary().items():
@@ -141,15 +141,6 @@ def evaluate(model: EGTR, cfg: EgtrConfig, split: str, predictor: str = "egtr", 
     res["images_per_s"] = n_images / seconds if seconds else float("nan")
     res["params_total"] = float(count_parameters(model))
     res["params_relation_head"] = float(count_parameters(model.relation))
-    res["per_predicate_R_at_50"] = gc.summary().get("per_predicate_R@50")
+    res["per_predicate_R_at_50"] = gc_summary.get("per_predicate_R@50")
     return res
 
-
-def sgdet_example(model: EGTR, pred: dict, predicates: list[str], categories: list[str], top_k: int = 20) -> list[dict]:
-    """Human-readable top triplets of one prediction (graph constraint)."""
-    from models.egtr.metrics import sgdet_triplets
-
-    sub, obj, prd, score = sgdet_triplets(pred, top_k=top_k, graph_constraint=True)
-    return [{"subject": categories[int(pred["labels"][s])], "predicate": predicates[int(p)],
-             "object": categories[int(pred["labels"][o])], "score": float(sc), "subject_index": int(s), "object_index": int(o)}
-            for s, o, p, sc in zip(sub, obj, prd, score)]

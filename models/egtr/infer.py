@@ -13,7 +13,6 @@ with scores; graph constraint) and ``<stem>.png`` are written, atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -129,12 +128,7 @@ def draw(image: Image.Image, graph: dict, path: Path, max_relations: int = 10) -
     gx.axis("off")
     gx.set_title(f"top {len(rels)} relations (graph constraint)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return tracking.save_figure(fig, path, dpi=100)
 
 
 def list_images(spec: str) -> list[Path]:

@@ -27,7 +27,7 @@ from models.common.seed import select_device, set_seed
 from models.egtr.config import EgtrConfig, StageConfig
 from models.egtr.data import SceneGraphDataset, collate, fg_matrix
 from models.egtr.losses import HungarianMatcher, total_loss
-from models.egtr.modeling import EGTR, count_parameters, param_groups
+from models.egtr.modeling import EGTR, param_groups
 
 
 class CheckpointKindError(ValueError):
@@ -166,7 +166,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train_ds), generator=gen).tolist()
-        sums, n, steps = {}, 0, 0
+        sums, n = {}, 0
         optimizer.zero_grad(set_to_none=True)
         batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
         bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, disable=not progress)
@@ -180,7 +180,6 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
                     torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                steps += 1
             for k, v in logs.items():
                 if not (isinstance(v, float) and math.isnan(v)):
                     sums[k] = sums.get(k, 0.0) + v * len(targets)
