@@ -2,7 +2,8 @@
 
 Protocol (as the official ``--min_size 600 --max_size 1000 --infer_only True``): batch 1, forward only, images
 resized to shorter side 600 / longer side <= 1000 (here: random tensors of 600 x 1000, the worst case of that
-resize, and the same input for both models), after ``--warmup`` untimed passes. The detector is the paper's
+resize, and the same input for both models), after ``--warmup`` untimed passes, the two models' passes
+interleaved. The detector is the paper's
 Deformable DETR (ResNet-50, d = 256, 6 + 6 layers, 8 heads, FFN 1024, 4 levels, 200 queries), with random
 weights (speed does not depend on them). The full model adds the relation head (C_p = 50, VG). The relative
 overhead of the head is the target (<= 15 %); its parameter count should be ~1.33 M.
@@ -28,23 +29,30 @@ from models.egtr.config import DetectorConfig  # noqa: E402
 from models.egtr.modeling import EGTR, count_parameters  # noqa: E402
 
 
-def time_model(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, iters: int, warmup: int, device: str) -> dict:
-    model.eval()
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(x, mask)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(x, mask)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-    times.sort()
+def _summary(times: list[float]) -> dict:
+    times = sorted(times)
     median = times[len(times) // 2]
     return {"median_s": median, "images_per_s": 1.0 / median, "min_s": times[0], "max_s": times[-1]}
+
+
+def time_pair(model, x: torch.Tensor, mask: torch.Tensor, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
+    """Median forward time of ``model`` without and with its relation head, the two interleaved pass by pass
+    (so drift of the machine's speed hits both alike)."""
+    head = model.relation
+    model.eval()
+    times = {False: [], True: []}
+    with torch.no_grad():
+        for i in range(warmup + iters):
+            for with_head in (False, True):
+                model.relation = head if with_head else None
+                t = time.perf_counter()
+                model(x, mask)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times[with_head].append(time.perf_counter() - t)
+    model.relation = head
+    return _summary(times[False]), _summary(times[True])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     # the detector alone = the same module without the relation head (identical weights and input)
     rel = full.relation
     full.relation = None
-    det = time_model(full, x, mask, args.iters, args.warmup, args.device)
     det_params = count_parameters(full)
     full.relation = rel
-    egtr = time_model(full, x, mask, args.iters, args.warmup, args.device)
+    det, egtr = time_pair(full, x, mask, args.iters, args.warmup, args.device)
     rows = [
         {"model": "Deformable DETR (detector alone)", "params": det_params, **det},
         {"model": "EGTR (detector + relation head)", "params": count_parameters(full), **egtr},

@@ -44,19 +44,38 @@ def test_relation_head_shapes_and_gate(tiny_model):
 
 
 def test_gated_sum_matches_the_explicit_formula():
+    """The fused forward (first MLP layers applied per source) equals MLP(sum_l g^l R^l) built explicitly,
+    in value and in gradient, with the frequency bias added for the argmax labels."""
     torch.manual_seed(0)
-    head = RelationHead(8, 2, 4, 3, freq_bias="off")
-    q = [torch.randn(1, 5, 8) for _ in range(2)]
-    k = [torch.randn(1, 5, 8) for _ in range(2)]
-    z = torch.randn(1, 5, 8)
-    out = head(q, k, z)
-    sources = [torch.cat([head.proj_q[l](q[l])[:, :, None].expand(-1, -1, 5, -1),
-                          head.proj_k[l](k[l])[:, None].expand(-1, 5, -1, -1)], -1) for l in range(2)]
-    sources.append(torch.cat([head.final_sub_proj(z)[:, :, None].expand(-1, -1, 5, -1),
-                              head.final_obj_proj(z)[:, None].expand(-1, 5, -1, -1)], -1))
-    rel = sum(torch.sigmoid(head.gate(r)) * r for r in sources)
-    torch.testing.assert_close(out["rel_logits"], head.rel_mlp(rel), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out["conn_logits"], head.conn_mlp(rel).squeeze(-1), atol=1e-5, rtol=1e-5)
+    b, n, d, layers = 2, 5, 8, 2
+    fg = torch.randint(0, 4, (4, 4, 4)).float()
+    head = RelationHead(d, layers, 4, 3, fg_matrix=fg, freq_bias="log_counts")
+    q = [torch.randn(b, n, d) for _ in range(layers)]
+    k = [torch.randn(b, n, d) for _ in range(layers)]
+    z = torch.randn(b, n, d)
+    labels = torch.randint(0, 4, (b, n))
+
+    def explicit():
+        pairs = [(head.proj_q[l](q[l]), head.proj_k[l](k[l])) for l in range(layers)]
+        pairs.append((head.final_sub_proj(z), head.final_obj_proj(z)))
+        sources = [torch.cat([s[:, :, None].expand(-1, -1, n, -1), o[:, None].expand(-1, n, -1, -1)], -1)
+                   for s, o in pairs]
+        gates = [torch.sigmoid(head.gate(r)) for r in sources]
+        rel = sum(g * r for g, r in zip(gates, sources))
+        logits = head.rel_mlp(rel) + head.log_freq[labels[:, :, None], labels[:, None, :]]
+        return logits, head.conn_mlp(rel).squeeze(-1), torch.stack([g.mean() for g in gates])
+
+    out = head(q, k, z, labels)
+    logits, conn, gate_means = explicit()
+    torch.testing.assert_close(out["rel_logits"], logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["conn_logits"], conn, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["gates"], gate_means)
+    probe = torch.randn_like(logits), torch.randn_like(conn)
+    fused = torch.autograd.grad((out["rel_logits"] * probe[0]).sum() + (out["conn_logits"] * probe[1]).sum(),
+                                list(head.parameters()))
+    direct = torch.autograd.grad((logits * probe[0]).sum() + (conn * probe[1]).sum(), list(head.parameters()))
+    for a, e in zip(fused, direct):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
 def test_queries_and_keys_are_those_the_decoder_used(tiny_model):

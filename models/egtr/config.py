@@ -74,6 +74,7 @@ class AugmentConfig(StrictConfig):
     hflip: bool = True
     # predicates swapped by a horizontal flip (e.g. "left of" <-> "right of"); names from rel.json
     flip_swap: list[list[str]] = []
+    random_crop: bool = True  # stage 0 only, p = 0.5 (the SGG stage never crops)
     scales: list[int] = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
     max_size: int = 1333
     crop_scales: list[int] = [400, 500, 600]

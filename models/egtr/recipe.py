@@ -142,7 +142,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
     groups = param_groups(model, stage, sc.lr, sc.lr_detector, sc.lr_backbone, sc.weight_decay, new_keys)
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
-    train_ds = _dataset(cfg, "train", True, crop=(stage == "pretrain"))  # no random crop in the SGG stage
+    train_ds = _dataset(cfg, "train", True, crop=(stage == "pretrain" and cfg.augment.random_crop))  # no random crop in the SGG stage
     val_ds = _dataset(cfg, "val", False, crop=False)
     matcher = HungarianMatcher(cfg.loss)
     run_dir = stage_dir(cfg, stage)
