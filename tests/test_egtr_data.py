@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from data.stages.preprocess_sgg import convert_vg150_h5, convert_vrd, import_reltr, main
 from models.egtr.schema import SGDataFormatError, dataset_stats, load_split, validate_dataset, write_dataset
@@ -388,3 +389,93 @@ def test_vrd_sample_fit_dataset_through_the_cli(tmp_path, capsys):
         with Image.open(sp.image_path(iid)) as im:
             assert im.size == (sp.coco.imgs[iid]["width"], sp.coco.imgs[iid]["height"])
     assert main(["--validate", str(out)]) == 0
+
+
+# ----------------------------------------------------------------------------------- augmentation (DETR recipe)
+
+
+@pytest.fixture
+def with_images(tmp_path) -> Path:
+    """The tiny train split with real image files: image 1 is 100 x 80 with boxes of known place."""
+    from PIL import Image
+
+    splits, rels = _tiny_inputs()
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    for split in splits.values():
+        for im in split["images"]:
+            Image.new("RGB", (im["width"], im["height"]), (120, 60, 30)).save(img_dir / im["file_name"])
+    return write_dataset(tmp_path / "with_images", splits, rels, CATS, ["left of", "right of"],
+                         META | {"image_root": str(img_dir)})
+
+
+def _sample(ds, image_id: int):
+    return ds[ds.ids.index(image_id)]
+
+
+def _xyxy(t) -> np.ndarray:
+    h, w = t["size"]
+    c = t["boxes"].numpy()
+    return np.stack([(c[:, 0] - c[:, 2] / 2) * w, (c[:, 1] - c[:, 3] / 2) * h,
+                     (c[:, 0] + c[:, 2] / 2) * w, (c[:, 1] + c[:, 3] / 2) * h], 1)
+
+
+def test_eval_resize_keeps_boxes_in_place(with_images):
+    from models.egtr.config import AugmentConfig
+    from models.egtr.data import SceneGraphDataset
+
+    ds = SceneGraphDataset(with_images, "train", AugmentConfig(eval_size=40, eval_max_size=1000), train=False)
+    img, t = _sample(ds, 1)
+    assert img.shape == (3, 40, 50) and t["size"] == (40, 50) and t["orig_size"] == (80, 100)
+    # xywh [0,0,10,20], [10.5,5,20,30], [50,40,50,40] at half scale, in pixels of the resized image
+    np.testing.assert_allclose(_xyxy(t), np.array([[0, 0, 10, 20], [10.5, 5, 30.5, 35], [50, 40, 100, 80]]) / 2,
+                               atol=1e-4)
+    assert t["labels"].tolist() == [0, 1, 2] and t["rels"].tolist() == [[0, 1, 0], [2, 0, 1], [1, 2, 0]]
+
+
+def test_flip_mirrors_boxes_and_swaps_the_listed_predicates(with_images):
+    from models.egtr.config import AugmentConfig
+    from models.egtr.data import SceneGraphDataset
+
+    aug = AugmentConfig(hflip=True, flip_swap=[["left of", "right of"]], scales=[80], max_size=1000)
+    ds = SceneGraphDataset(with_images, "train", aug, train=True, crop=False, seed=3)
+    flipped = kept = 0
+    for epoch in range(12):  # flip with p = 0.5, seeded by (seed, epoch, image)
+        ds.set_epoch(epoch)
+        _, t = _sample(ds, 1)
+        if np.allclose(_xyxy(t)[0], [90, 0, 100, 20], atol=1e-4):  # [0, 0, 10, 20] mirrored in a 100-wide image
+            flipped += 1
+            assert t["rels"].tolist() == [[0, 1, 1], [2, 0, 0], [1, 2, 1]]
+        else:
+            kept += 1
+            np.testing.assert_allclose(_xyxy(t)[0], [0, 0, 10, 20], atol=1e-4)
+            assert t["rels"].tolist() == [[0, 1, 0], [2, 0, 1], [1, 2, 0]]
+    assert flipped and kept
+    ds.set_epoch(5)
+    assert torch.equal(_sample(ds, 1)[1]["boxes"], _sample(ds, 1)[1]["boxes"])  # same epoch, same augmentation
+
+
+def test_random_crop_only_in_the_detector_stage_and_when_switched_on(with_images):
+    from models.egtr.config import AugmentConfig, EgtrConfig
+    from models.egtr.data import SceneGraphDataset
+    from models.egtr.recipe import uses_random_crop
+
+    cfg = EgtrConfig()
+    assert uses_random_crop(cfg, "pretrain") and not uses_random_crop(cfg, "sgg")
+    assert not uses_random_crop(cfg.model_copy(update={"augment": AugmentConfig(random_crop=False)}), "pretrain")
+
+    aug = AugmentConfig(hflip=False, scales=[80], max_size=1000, crop_scales=[80], crop_min=30, crop_max=40)
+    ds = SceneGraphDataset(with_images, "train", aug, train=True, crop=True, seed=0)
+    cropped = 0
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        img, t = _sample(ds, 1)
+        if t["size"] != (80, 100):  # a crop changes the aspect ratio
+            cropped += 1
+            n = len(t["labels"])
+            assert t["boxes"].shape == (n, 4) and t["rels"].shape[1] == 3
+            assert ((t["boxes"] >= 0) & (t["boxes"] <= 1)).all() and (t["boxes"][:, 2:] > 0).all()
+            assert (t["rels"][:, :2] < n).all() and n <= 3
+    assert cropped
+    no_crop = SceneGraphDataset(with_images, "train", aug, train=True, crop=False, seed=0)
+    assert all(no_crop[0][1]["size"] == (80, 100) for _ in range(2))

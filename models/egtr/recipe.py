@@ -77,6 +77,11 @@ def load_model(path: str | Path, kind: str = "egtr", map_location: str = "cpu") 
     return model, state
 
 
+def uses_random_crop(cfg: EgtrConfig, stage: str) -> bool:
+    """The DETR random crop: stage 0 only (a crop cuts relations), and only with ``augment.random_crop``."""
+    return stage == "pretrain" and cfg.augment.random_crop
+
+
 def _dataset(cfg: EgtrConfig, split: str, train: bool, crop: bool) -> SceneGraphDataset:
     return SceneGraphDataset(cfg.data_dir, split, cfg.augment, train=train, crop=crop, seed=cfg.seed)
 
@@ -142,7 +147,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
     groups = param_groups(model, stage, sc.lr, sc.lr_detector, sc.lr_backbone, sc.weight_decay, new_keys)
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
-    train_ds = _dataset(cfg, "train", True, crop=(stage == "pretrain" and cfg.augment.random_crop))  # no random crop in the SGG stage
+    train_ds = _dataset(cfg, "train", True, crop=uses_random_crop(cfg, stage))  # no random crop in the SGG stage
     val_ds = _dataset(cfg, "val", False, crop=False)
     matcher = HungarianMatcher(cfg.loss)
     run_dir = stage_dir(cfg, stage)
