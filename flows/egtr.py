@@ -44,6 +44,11 @@ VARIANTS = {
                    "pretrain.patience": 1000, "pretrain.time_budget_s": 1800.0,
                    "sgg.batch_size": 2, "sgg.epochs": 40, "sgg.finetune_epochs": 10,
                    "sgg.patience": 1000, "sgg.time_budget_s": 720.0},
+    # Open Images V6 (PySGG files via preprocess_sgg --source openimages; not in the mirror): the official OI
+    # settings, connectivity weight 90, random non-matching sampling, one predicate per pair per sample, OI metrics
+    "openimages": {"dataset": "openimages", "data_dir": "data/processed/sgg/openimages", "out_dir": "outputs/egtr/openimages",
+                   "loss.conn": 90.0, "loss.nonmatching_sampling": "random", "augment.filter_multiple_rels": True,
+                   "augment.flip_swap": [], "eval.protocol": "oi"},
 }
 
 

@@ -479,3 +479,35 @@ def test_random_crop_only_in_the_detector_stage_and_when_switched_on(with_images
     assert cropped
     no_crop = SceneGraphDataset(with_images, "train", aug, train=True, crop=False, seed=0)
     assert all(no_crop[0][1]["size"] == (80, 100) for _ in range(2))
+
+
+def test_one_predicate_per_pair_and_ground_truth_dedup(tmp_path):
+    import random
+
+    from PIL import Image
+
+    from models.egtr.config import AugmentConfig
+    from models.egtr.data import SceneGraphDataset, one_predicate_per_pair
+    from models.egtr.evaluate import ground_truth
+
+    rels = torch.tensor([[0, 1, 0], [0, 1, 1], [1, 0, 1], [0, 1, 0]])
+    drawn = {tuple(one_predicate_per_pair(rels, random.Random(s)).tolist()[0]) for s in range(30)}
+    assert drawn == {(0, 1, 0), (0, 1, 1)}  # one of the pair's predicates, drawn at random
+    assert one_predicate_per_pair(rels, random.Random(0)).tolist()[1] == [1, 0, 1]
+
+    splits, rel = _tiny_inputs()
+    rel["train"]["1"] = [[0, 1, 1], [0, 1, 2], [0, 1, 1], [2, 0, 2]]  # a repeated triplet, a pair with 2 predicates
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    for split in splits.values():
+        for im in split["images"]:
+            Image.new("RGB", (im["width"], im["height"])).save(img_dir / im["file_name"])
+    d = write_dataset(tmp_path / "dup", splits, rel, CATS, PREDS, META | {"image_root": str(img_dir)})
+    ds = SceneGraphDataset(d, "train", AugmentConfig(hflip=False, filter_multiple_rels=True, scales=[80]), train=True)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        got = _sample(ds, 1)[1]["rels"].tolist()
+        assert len(got) == 2 and got[0][:2] == [0, 1] and got[1] == [2, 0, 1]
+    plain = SceneGraphDataset(d, "train", AugmentConfig(hflip=False, scales=[80]), train=True)
+    assert len(_sample(plain, 1)[1]["rels"]) == 4  # off by default (VG): every triplet is a target
+    assert ground_truth(plain, 1)["rels"].tolist() == [[0, 1, 0], [0, 1, 1], [2, 0, 1]]  # the repeat counts once

@@ -10,7 +10,7 @@ import torch
 from models.egtr.config import DetectorConfig, LossConfig
 from models.egtr.losses import (HungarianMatcher, min_cost, query_uncertainty, relation_losses, relation_targets,
                                 sample_relation_entries, smoothing_uncertainty, total_loss, unmatched_cost)
-from models.egtr.modeling import EGTR, RelationHead, count_parameters, freq_bias_table, param_groups
+from models.egtr.modeling import EGTR, DeformableDetector, RelationHead, count_parameters, freq_bias_table, param_groups
 
 TINY = DetectorConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2, heads=4, ffn_dim=64,
                       n_points=2, num_feature_levels=3, num_queries=10, dropout=0.0)
@@ -103,8 +103,12 @@ def test_frequency_bias_official_quirk():
     assert t[0, 1, 0].item() == pytest.approx(math.log(5), abs=1e-5)  # log of the raw count
     assert t[0, 1, 1].item() == pytest.approx(math.log(1e-12 / 6), abs=1e-3)  # ~ -27.6 - log S
     assert torch.all(t[1, 2] == 0)  # never-seen pair: 0 for every predicate
-    ls = freq_bias_table(fg, "log_softmax")
-    assert torch.exp(ls[0, 1]).sum().item() == pytest.approx(1.0, abs=1e-5)
+    ls = freq_bias_table(fg, "log_softmax")  # official --use_log_softmax: softmax of the raw counts 5, 0, 1, 0
+    expect = torch.log_softmax(torch.tensor([5.0, 0.0, 1.0, 0.0], dtype=torch.float64), 0).float()
+    torch.testing.assert_close(ls[0, 1], expect, atol=1e-5, rtol=0)
+    lp = freq_bias_table(fg, "log_probs")  # the fix: log p(predicate | pair) = log(5/6), log(1/6)
+    assert lp[0, 1, 0].item() == pytest.approx(math.log(5 / 6), abs=1e-5)
+    assert lp[0, 1, 2].item() == pytest.approx(math.log(1 / 6), abs=1e-5)
     assert torch.all(freq_bias_table(fg, "off") == 0)
 
 
@@ -180,3 +184,19 @@ def test_param_groups_three_learning_rates(tiny_model):
     backbone_ids = {id(p) for p in groups[2]["params"]}
     offsets = [p for n, p in tiny_model.named_parameters() if "sampling_offsets" in n]
     assert offsets and all(id(p) in backbone_ids for p in offsets)
+
+
+def test_initialisation_box_size_prior_and_relation_head(tiny_model):
+    """Deformable DETR's box head starts at w, h = sigmoid(-2); the relation head gets transformers'
+    _init_weights (N(0, 0.02), zero bias), as the keys missing from the detector checkpoint in the official code."""
+    torch.manual_seed(0)
+    det = DeformableDetector(TINY, 5).eval()
+    x, mask = _inputs()
+    with torch.no_grad():
+        boxes = det(x, mask)["boxes"]
+    torch.testing.assert_close(boxes[..., 2:], torch.full_like(boxes[..., 2:], torch.sigmoid(torch.tensor(-2.0)).item()))
+    head = RelationHead(256, 6, 50, 150)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in linears)
+    w = torch.cat([m.weight.detach().reshape(-1) for m in linears])
+    assert abs(float(w.std()) - 0.02) < 1e-3 and abs(float(w.mean())) < 1e-3

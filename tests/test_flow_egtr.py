@@ -151,6 +151,42 @@ def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+def test_finetuning_always_runs_from_the_main_fits_best_weights(tmp_path):
+    """Official two fits: the main fit ends (here by its share of a tiny time budget), fine-tuning still runs, at 0.1x,
+    with a fresh optimizer, starting from best_main.pt; its best weights are the stage's result. Resuming an
+    interrupted fine-tuning epoch ends where the uninterrupted run ends."""
+    import torch
+
+    from models.egtr.config import EgtrConfig
+    from models.egtr.recipe import stage_dir, train_stage
+
+    data = generate(tmp_path / "sgg", train=8, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=1)
+    raw = {**TINY_EGTR, "data_dir": str(data), "pretrain": {**TINY_EGTR["pretrain"], "epochs": 3, "finetune_epochs": 2,
+                                                             "time_budget_s": 1e-9}}
+    cfg = EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "a")})
+    res = train_stage(cfg, "pretrain", progress=False)
+    assert res["stopped_by"] == "main: time_budget; finetune: time_budget"
+    assert [h["lr_factor"] for h in res["history"]] == [1.0, 0.1]
+    d = stage_dir(cfg, "pretrain")
+    main = torch.load(d / "best_main.pt", weights_only=True)
+    best = torch.load(d / "best.pt", weights_only=True)
+    assert (main["phase"], main["epoch"], best["phase"], best["epoch"]) == ("main", 1, "finetune", 2)
+    ft = torch.load(d / "finetune_checkpoints" / "epoch-0001.pt", weights_only=True)
+    lrs = sorted(g["lr"] for g in ft["optimizer"]["param_groups"])  # 0.1 x (backbone rate, detector rate)
+    assert lrs == pytest.approx(sorted([0.1 * cfg.pretrain.lr_backbone, 0.1 * cfg.pretrain.lr]))
+    assert all(s["step"] == 2 for s in ft["optimizer"]["state"].values())  # a fresh AdamW: 2 steps (8 images / 4)
+
+    # no time budget: 3 + 2 epochs; drop the newest fine-tuning checkpoint and resume
+    raw["pretrain"] = {**raw["pretrain"], "time_budget_s": 0.0, "patience": 100}
+    full = train_stage(EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "b")}), "pretrain", progress=False)
+    assert [h["lr_factor"] for h in full["history"]] == [1.0, 1.0, 1.0, 0.1, 0.1]
+    cfg_c = EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "c")})
+    train_stage(cfg_c, "pretrain", progress=False)
+    (stage_dir(cfg_c, "pretrain") / "finetune_checkpoints" / "epoch-0002.pt").unlink()
+    resumed = train_stage(cfg_c, "pretrain", progress=False)
+    assert [h["val_loss"] for h in resumed["history"]] == pytest.approx([h["val_loss"] for h in full["history"]], rel=1e-5)
+
+
 def test_evaluate_with_the_open_images_protocol(tmp_path):
     """eval.protocol = oi adds R@50 / wmAP_rel / wmAP_phr / score_wtd to the VG metrics (random tiny model)."""
     import torch

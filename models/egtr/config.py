@@ -31,7 +31,7 @@ class DetectorConfig(StrictConfig):
 class RelationConfig(StrictConfig):
     # log_counts = the official formula log(fg + eps / (fg.sum(2) + eps)), i.e. the log of raw counts
     # (operator precedence; spec section 2.3); log_softmax = the --use_log_softmax fix; off = no bias.
-    freq_bias: Literal["log_counts", "log_softmax", "off"] = "log_counts"
+    freq_bias: Literal["log_counts", "log_softmax", "log_probs", "off"] = "log_counts"
     logit_adjustment: bool = False  # post-hoc G -= tau * log p(predicate), official --logit_adjustment
     logit_adjustment_tau: float = 0.3
 
@@ -75,6 +75,8 @@ class AugmentConfig(StrictConfig):
     # predicates swapped by a horizontal flip (e.g. "left of" <-> "right of"); names from rel.json
     flip_swap: list[list[str]] = []
     random_crop: bool = True  # stage 0 only, p = 0.5 (the SGG stage never crops)
+    # training only: keep one predicate, drawn at random each time, per (subject, object) pair (official OI loader)
+    filter_multiple_rels: bool = False
     scales: list[int] = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
     max_size: int = 1333
     crop_scales: list[int] = [400, 500, 600]

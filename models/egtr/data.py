@@ -4,7 +4,8 @@ Augmentation follows the DETR COCO recipe used by naver-ai/egtr: random horizont
 multi-scale resize of the shorter side (longer side capped) or, in the detector stage only, resize -> random
 crop -> multi-scale resize. The SGG stage never crops (a crop cuts relations). Evaluation resizes the shorter
 side to ``eval_size``. A flip swaps the predicates listed in ``augment.flip_swap`` (e.g. left of <-> right of);
-with an empty list the labels are kept, as in the official code.
+with an empty list the labels are kept, as in the official code. ``augment.filter_multiple_rels`` (Open Images)
+keeps one randomly drawn predicate per (subject, object) pair in every training sample, as the official OI loader.
 
 All randomness comes from a ``random.Random`` seeded by (seed, epoch, index), so a resumed epoch sees exactly
 the augmentations of an uninterrupted one. Targets: ``labels`` 0-based, ``boxes`` normalised cxcywh,
@@ -88,6 +89,8 @@ class SceneGraphDataset(Dataset):
                 boxes = boxes[:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([w0, 0, w0, 0])
                 if len(rels):
                     rels[:, 2] = torch.as_tensor(self.flip_map)[rels[:, 2]]
+            if a.filter_multiple_rels and len(rels):
+                rels = one_predicate_per_pair(rels, rng)
             if self.crop and rng.random() < 0.5:
                 img, boxes, labels, rels = self._random_crop(img, boxes, labels, rels, rng)
             size = rng.choice(a.scales)
@@ -123,6 +126,15 @@ class SceneGraphDataset(Dataset):
             ok = keep[rels[:, 0]] & keep[rels[:, 1]]
             rels = torch.stack([new_pos[rels[ok, 0]], new_pos[rels[ok, 1]], rels[ok, 2]], dim=1)
         return img, boxes[keep], labels[keep], rels
+
+
+def one_predicate_per_pair(rels: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """naver-ai/egtr ``OIDataset(filter_multiple_rels=True)``: each (subject, object) pair keeps one of its
+    predicates, drawn at random (here from the per-(seed, epoch, image) generator, so resumable)."""
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for s, o, p in rels.tolist():
+        by_pair.setdefault((s, o), []).append(p)
+    return torch.tensor([[s, o, rng.choice(ps)] for (s, o), ps in by_pair.items()], dtype=torch.long)
 
 
 def collate(batch):

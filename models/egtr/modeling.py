@@ -98,6 +98,8 @@ class DeformableDetector(nn.Module):
         nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        # Deformable DETR without box refinement: initial w, h = sigmoid(-2) ~ 0.12 of the image, not 0.5
+        nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)
         self._qk: dict[str, list[torch.Tensor]] = {"q": [], "k": []}
         for layer in self.model.decoder.layers:
             layer.self_attn.q_proj.register_forward_hook(self._hook("q"))
@@ -155,16 +157,21 @@ def freq_bias_table(fg_matrix: torch.Tensor, mode: str) -> torch.Tensor:
 
     ``log_counts`` copies the official expression ``log(fg + eps / (fg.sum(2) + eps))`` exactly: by operator
     precedence it is the log of raw counts (unseen predicate of a seen pair ~ log(1e-12 / S); unseen pair 0).
+    ``log_softmax`` is the official ``--use_log_softmax`` (log-softmax of those raw counts, not of their log);
+    ``log_probs`` is the corrected prior log p(predicate | pair) (a fix, not in the official code).
     """
     fg = fg_matrix.double()
-    if mode == "log_counts":
-        table = torch.log(fg + FREQ_EPS / (fg.sum(2, keepdim=True) + FREQ_EPS))
-    elif mode == "log_softmax":
+    counts = fg + FREQ_EPS / (fg.sum(2, keepdim=True) + FREQ_EPS)  # the official expression: raw counts (+ ~0)
+    if mode == "log_counts":  # official default
+        table = torch.log(counts)
+    elif mode == "log_softmax":  # official --use_log_softmax True: log-softmax over predicates of the raw counts
+        table = torch.log_softmax(counts, dim=-1)
+    elif mode == "log_probs":  # not official: the log-probability log p(predicate | class pair) the paper describes
         table = torch.log_softmax(torch.log(fg + FREQ_EPS), dim=-1)
     elif mode == "off":
         table = torch.zeros_like(fg)
     else:
-        raise ValueError(f"relation.freq_bias: expected log_counts, log_softmax or off (got {mode!r})")
+        raise ValueError(f"relation.freq_bias: expected log_counts, log_softmax, log_probs or off (got {mode!r})")
     return table.float()
 
 
@@ -185,6 +192,12 @@ class RelationHead(nn.Module):
         self.freq_bias_mode = freq_bias
         self.register_buffer("fg_matrix", fg_matrix.float())
         self.register_buffer("log_freq", freq_bias_table(fg_matrix, freq_bias))
+        # keys missing from the detector checkpoint get transformers' _init_weights in the official code
+        # (DeformableDetrPreTrainedModel: Linear weight ~ N(0, init_std = 0.02), bias 0)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
 
     def set_fg_matrix(self, fg_matrix: torch.Tensor) -> None:
         self.fg_matrix.copy_(fg_matrix.float())

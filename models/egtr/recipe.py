@@ -2,9 +2,13 @@
 
 Both stages use the shared epoch loop (:func:`models.common.checkpoint.run_epochs`): one checkpoint per epoch,
 resume from the newest, early stopping on validation loss (patience), the best weights by validation loss
-kept in ``best.pt``. The learning rates follow the spec (3.4): ``epochs`` at the base rates, then
-``finetune_epochs`` at 0.1x every rate. Gradient clipping at ``grad_clip`` (max norm), gradient accumulation
-``grad_accum``. An optional wall-clock budget (``time_budget_s``) ends a stage after the epoch that crosses it.
+kept. Each stage is two fits, as the official ``train_egtr.py`` / ``pretrain_detr.py``: the main fit, ``epochs`` at the
+base rates with early stopping (``patience``), then -- always -- fine-tuning: the main fit's best weights, a fresh
+AdamW at 0.1x every rate, at most ``finetune_epochs`` epochs with its own early stopping; the fine-tuning fit's best
+weights are the stage's result (``best.pt``; the main fit's are in ``best_main.pt``). Gradient clipping at
+``grad_clip`` (max norm), gradient accumulation ``grad_accum``. An optional budget of training time
+(``time_budget_s``, summed epoch times, so a resumed run stops where an uninterrupted one would) is shared by the
+two fits in proportion to their epochs; a fit ends after the epoch that crosses its share.
 
 Checkpoint files carry their type: ``kind: "detector"`` (stage 0) or ``kind: "egtr"`` (stage 1). Loading an EGTR
 model from a detector file (or the reverse) fails with a message that says which is which (naver-ai/egtr #5).
@@ -144,76 +148,103 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
                 raise ValueError(f"{init_from}: unexpected keys {unexpected[:5]}")
             new_keys = set(missing) & new_keys
     model.to(device)
-    groups = param_groups(model, stage, sc.lr, sc.lr_detector, sc.lr_backbone, sc.weight_decay, new_keys)
-    base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
     train_ds = _dataset(cfg, "train", True, crop=uses_random_crop(cfg, stage))  # no random crop in the SGG stage
     val_ds = _dataset(cfg, "val", False, crop=False)
     matcher = HungarianMatcher(cfg.loss)
     run_dir = stage_dir(cfg, stage)
-    ckpt_dir = run_dir / "checkpoints"
-    best_path = run_dir / "best.pt"
-    total_epochs = sc.epochs + sc.finetune_epochs
-    start = time.monotonic()
-    state = {"best": math.inf, "stopped_by": "epochs"}
     kind = "detector" if stage == "pretrain" else "egtr"
-    if best_path.exists():
-        if latest_checkpoint(ckpt_dir) is None:
-            best_path.unlink()  # a fresh run: never keep the best weights of an older one
-        else:
-            state["best"] = float(torch.load(best_path, map_location="cpu", weights_only=True).get("val_loss", math.inf))
+    fp = fingerprint(cfg, stage)
+    total = sc.epochs + sc.finetune_epochs
+    # the wall-clock budget is shared in proportion to the epochs of the two phases
+    main_budget = sc.time_budget_s * sc.epochs / total if sc.time_budget_s and total else 0.0
 
-    def train_epoch(epoch: int) -> dict[str, float]:
-        model.train()
-        factor = 1.0 if epoch < sc.epochs else 0.1
-        for g, lr in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = lr * factor
-        train_ds.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_ds), generator=gen).tolist()
-        sums, n = {}, 0
-        optimizer.zero_grad(set_to_none=True)
-        batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
-        bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, disable=not progress)
-        for step, (pixel_values, pixel_mask, targets) in enumerate(bar):
-            out = model(pixel_values.to(device), pixel_mask.to(device))
-            loss, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=sc.aux_loss, generator=gen)
-            check_finite(loss, epoch=epoch, step=step, ckpt_dir=ckpt_dir)
-            (loss / sc.grad_accum).backward()
-            if (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches):
-                if sc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in logs.items():
-                if not (isinstance(v, float) and math.isnan(v)):
-                    sums[k] = sums.get(k, 0.0) + v * len(targets)
-            n += len(targets)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        metrics = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
-        metrics.update(validation_loss(model, val_ds, cfg, sc, device))
-        metrics["lr_factor"] = factor
-        metrics["elapsed_s"] = time.monotonic() - start
-        if metrics["val_loss"] < state["best"]:
-            state["best"] = metrics["val_loss"]
-            save_model(best_path, model, cfg, kind, categories, predicates, {"epoch": epoch + 1, "val_loss": state["best"]})
-        return metrics
+    def make_optimizer(factor: float) -> torch.optim.AdamW:
+        groups = param_groups(model, stage, sc.lr * factor, sc.lr_detector * factor, sc.lr_backbone * factor,
+                              sc.weight_decay, new_keys)
+        return torch.optim.AdamW(groups, lr=sc.lr * factor, weight_decay=sc.weight_decay)
 
-    def should_stop(history: list[dict[str, float]]) -> bool:
-        losses = [h["val_loss"] for h in history]
-        best_epoch = int(np.argmin(losses))
-        if len(losses) - 1 - best_epoch >= sc.patience:
-            state["stopped_by"] = "early_stopping"
-            return True
-        if sc.time_budget_s and time.monotonic() - start >= sc.time_budget_s:
-            state["stopped_by"] = "time_budget"
-            return True
-        return False
+    def run_phase(phase: str, epochs: int, factor: float, best_path: Path, epoch_offset: int,
+                  budget_s: float, spent_s: float) -> tuple[list[dict], str]:
+        """One fit: ``epochs`` at ``factor`` x the base rates, its own checkpoints, best weights and early stopping."""
+        optimizer = make_optimizer(factor)
+        ckpt_dir = run_dir / ("checkpoints" if phase == "main" else "finetune_checkpoints")
+        state = {"best": math.inf, "stopped_by": "epochs"}
+        if best_path.exists():
+            if latest_checkpoint(ckpt_dir) is None:
+                best_path.unlink()  # a fresh run: never keep the best weights of an older one
+            else:
+                state["best"] = float(torch.load(best_path, map_location="cpu", weights_only=True).get("val_loss", math.inf))
 
-    history = run_epochs(model=model, optimizer=optimizer, epochs=total_epochs, ckpt_dir=ckpt_dir,
-                         fingerprint=fingerprint(cfg, stage), seed=cfg.seed, train_epoch=train_epoch,
-                         on_epoch_end=on_epoch_end, should_stop=should_stop, progress=progress)
-    if not best_path.exists():  # resumed after the last epoch: rebuild best.pt from the final weights
-        save_model(best_path, model, cfg, kind, categories, predicates, {"epoch": len(history)})
+        def train_epoch(epoch: int) -> dict[str, float]:
+            t0 = time.monotonic()
+            model.train()
+            global_epoch = epoch_offset + epoch
+            train_ds.set_epoch(global_epoch)
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
+            order = torch.randperm(len(train_ds), generator=gen).tolist()
+            sums, n = {}, 0
+            optimizer.zero_grad(set_to_none=True)
+            batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
+            bar = tqdm(batches, desc=f"{stage} {phase} epoch {epoch + 1}", leave=False, disable=not progress)
+            for step, (pixel_values, pixel_mask, targets) in enumerate(bar):
+                out = model(pixel_values.to(device), pixel_mask.to(device))
+                loss, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=sc.aux_loss, generator=gen)
+                check_finite(loss, epoch=global_epoch, step=step, ckpt_dir=ckpt_dir)
+                (loss / sc.grad_accum).backward()
+                if (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches):
+                    if sc.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k, v in logs.items():
+                    if not (isinstance(v, float) and math.isnan(v)):
+                        sums[k] = sums.get(k, 0.0) + v * len(targets)
+                n += len(targets)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            metrics = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+            metrics.update(validation_loss(model, val_ds, cfg, sc, device))
+            metrics["lr_factor"] = factor
+            metrics["epoch_s"] = time.monotonic() - t0
+            if metrics["val_loss"] < state["best"]:
+                state["best"] = metrics["val_loss"]
+                save_model(best_path, model, cfg, kind, categories, predicates,
+                           {"epoch": global_epoch + 1, "phase": phase, "val_loss": state["best"]})
+            return metrics
+
+        def should_stop(history: list[dict[str, float]]) -> bool:
+            losses = [h["val_loss"] for h in history]
+            if len(losses) - 1 - int(np.argmin(losses)) >= sc.patience:
+                state["stopped_by"] = "early_stopping"
+                return True
+            # training time only (sum of epoch times), so a resumed run stops where an uninterrupted one would
+            if budget_s and spent_s + sum(h["epoch_s"] for h in history) >= budget_s:
+                state["stopped_by"] = "time_budget"
+                return True
+            return False
+
+        callbacks = [lambda e, m, cb=cb: cb(epoch_offset + e, m) for cb in on_epoch_end]
+        history = run_epochs(model=model, optimizer=optimizer, epochs=epochs, ckpt_dir=ckpt_dir,
+                             fingerprint=f"{fp}-{phase}", seed=cfg.seed, train_epoch=train_epoch,
+                             on_epoch_end=callbacks, should_stop=should_stop, progress=progress)
+        if history and not best_path.exists():  # resumed after the last epoch: rebuild from the final weights
+            save_model(best_path, model, cfg, kind, categories, predicates,
+                       {"epoch": epoch_offset + len(history), "phase": phase})
+        return history, state["stopped_by"]
+
+    start = time.monotonic()
+    main_best = run_dir / "best_main.pt"
+    history, stopped_by = run_phase("main", sc.epochs, 1.0, main_best, 0, main_budget, 0.0)
+    best_path = run_dir / "best.pt"
+    if sc.finetune_epochs > 0:
+        # official: fine-tuning always runs, from the main phase's best weights, with a fresh AdamW at 0.1x every
+        # rate and its own early stopping; its best checkpoint is the result
+        if main_best.exists():
+            model.load_state_dict(torch.load(main_best, map_location="cpu", weights_only=True)["model"])
+        spent = sum(h["epoch_s"] for h in history)
+        ft_history, ft_stopped = run_phase("finetune", sc.finetune_epochs, 0.1, best_path, len(history),
+                                           sc.time_budget_s, spent)
+        history, stopped_by = history + ft_history, f"main: {stopped_by}; finetune: {ft_stopped}"
+    else:
+        atomic_torch_save(torch.load(main_best, map_location="cpu", weights_only=True), best_path)
     return {"weights": str(best_path), "history": history, "epochs_run": len(history),
-            "stopped_by": state["stopped_by"], "seconds": time.monotonic() - start}
+            "stopped_by": stopped_by, "seconds": time.monotonic() - start}
