@@ -187,7 +187,7 @@ def test_vg150_h5_rescales_splits_and_keeps_positions(tmp_path):
     raw = _write_vg150_raw(tmp_path / "raw")
     out = tmp_path / "vg"
     convert_vg150_h5(raw / "VG-SGG-with-attri.h5", raw / "image_data.json", raw / "VG-SGG-dicts-with-attri.json", out,
-                     val_images=1, synthetic=True)
+                     val_images=1, synthetic=True, filter_empty_rels=False)
     validate_dataset(out)
     val, train, test = (load_split(out, s) for s in ("val", "train", "test"))
     # the FIRST train image with boxes is val (SGB image_index[:num_val_im]); image 11 (no boxes) is dropped
@@ -223,8 +223,15 @@ def test_vg150_h5_rescales_splits_and_keeps_positions(tmp_path):
     assert conv["removed_corrupted_image_data_entries"] == 1
 
     convert_vg150_h5(raw / "VG-SGG-with-attri.h5", raw / "image_data.json", raw / "VG-SGG-dicts-with-attri.json", out,
-                     val_images=0, max_images=1)
+                     val_images=0, max_images=1, filter_empty_rels=False)
     assert [load_split(out, s).image_ids for s in ("train", "val", "test")] == [[10], [], [13]]
+
+    # the default, as SGB / Motifs filter_empty_rels=True: test image 13 has no relation and is dropped
+    convert_vg150_h5(raw / "VG-SGG-with-attri.h5", raw / "image_data.json", raw / "VG-SGG-dicts-with-attri.json", out,
+                     val_images=1)
+    assert [load_split(out, s).image_ids for s in ("train", "val", "test")] == [[12], [10], []]
+    conv = json.loads((out / "meta.json").read_text())["conversion"]
+    assert conv["dropped_images_without_relations"] == {"train_val": 0, "test": 1}
 
 
 def test_vg150_h5_misaligned_image_data_is_an_error(tmp_path):

@@ -103,6 +103,7 @@ def convert_vg150_h5(
     max_images: int | None = None,
     image_root: str | None = None,
     synthetic: bool = False,
+    filter_empty_rels: bool = True,
 ) -> None:
     """Neural-Motifs ``VG-SGG-with-attri.h5`` (the VG150 split of Xu et al. 2017) -> the EGTR layout.
 
@@ -115,9 +116,11 @@ def convert_vg150_h5(
     * ``image_data.json`` has 108,077 entries, the h5 108,073 images: the four corrupted VG images
       (ids 1592, 1722, 4616, 4617) are skipped to align them (only when the lengths differ by exactly those).
     * split: h5 ``split == 2`` -> test; ``split == 0`` -> train, of which the FIRST ``val_images`` (after
-      dropping images without boxes) are val (``image_index[:num_val_im]``), the rest train.
-    * images without any box (``img_to_first_box < 0``) are dropped; images without relations are kept
-      (``filter_empty_rels=False``). Labels 1..150 and predicates 1..50 are the schema ids as they are.
+      dropping images without boxes and, by default, without relations) are val (``image_index[:num_val_im]``),
+      the rest train: the standard 57,723 / 5,000 / 26,446 images.
+    * images without any box (``img_to_first_box < 0``) are dropped; so are images without relations
+      (``img_to_first_rel < 0``) on every split, as SGB / Neural-Motifs ``filter_empty_rels=True`` (the default
+      of both; ``filter_empty_rels=False`` keeps them). Labels 1..150 and predicates 1..50 are the schema ids.
     * a relation whose subject and object are the same box is dropped (counted in meta).
 
     ``max_images`` keeps only the first N images of each split (tiny runs). file_name = ``{image_id}.jpg``.
@@ -156,14 +159,18 @@ def convert_vg150_h5(
         raise SGDataFormatError(f"{h5name}: box {bad}: boxes_{BOX_SCALE}: w and h must be > 0 (got {boxes[bad].tolist()})")
 
     has_box = first_box >= 0
-    train_idx = np.where((split == 0) & has_box)[0]
-    test_idx = np.where((split == 2) & has_box)[0]
+    # SGB/Motifs load_graphs(filter_empty_rels=True) on every split, before the val images are taken
+    keep = has_box & (first_rel >= 0) if filter_empty_rels else has_box
+    train_idx = np.where((split == 0) & keep)[0]
+    test_idx = np.where((split == 2) & keep)[0]
     order = {"train": train_idx[val_images:], "val": train_idx[:val_images], "test": test_idx}
     if max_images is not None:
         order = {k: v[:max_images] for k, v in order.items()}
     counts: dict[str, Any] = {
         "h5_images": int(n_img),
         "dropped_images_without_boxes": {"train_val": int(((split == 0) & ~has_box).sum()), "test": int(((split == 2) & ~has_box).sum())},
+        "dropped_images_without_relations": {"train_val": int(((split == 0) & has_box & ~keep).sum()),
+                                             "test": int(((split == 2) & has_box & ~keep).sum())},
         "ignored_images_other_split_values": int((~np.isin(split, (0, 2))).sum()),
         "removed_corrupted_image_data_entries": removed_corrupted,
         "dropped_self_relations": {}, "clipped_boxes": {},
@@ -212,9 +219,11 @@ def convert_vg150_h5(
         "box_convention": ("h5 boxes_1024 are (cx, cy, w, h) at longest side 1024 (SGB/Neural-Motifs load_graphs); "
                            "xyxy = (cx - w/2, cy - h/2, cx + w/2, cy + h/2) * max(W, H)/1024, clipped to [0,W]x[0,H]; "
                            "xywh with w = x2 - x1, h = y2 - y1 (no +1)"),
-        "notes": (f"split: h5 split 2 -> test; split 0 -> the first {val_images} images with boxes are val, the rest "
+        "notes": (f"split: h5 split 2 -> test; split 0 -> the first {val_images} kept images are val, the rest "
                   f"train (SGB num_val_im); max_images={max_images}. Images without boxes dropped "
-                  f"{counts['dropped_images_without_boxes']}; images without relations kept. Self-relations dropped "
+                  f"{counts['dropped_images_without_boxes']}; images without relations "
+                  f"{'dropped ' + str(counts['dropped_images_without_relations']) if filter_empty_rels else 'kept'} "
+                  f"(filter_empty_rels={filter_empty_rels}). Self-relations dropped "
                   f"{counts['dropped_self_relations']}; boxes clipped {counts['clipped_boxes']}; corrupted image_data "
                   f"entries removed {removed_corrupted}. Duplicate relations are kept (SGB filters them at train time)."),
         "conversion": counts,

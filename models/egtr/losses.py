@@ -68,7 +68,12 @@ def min_cost(cfg: LossConfig) -> float:
 
 
 def unmatched_cost(cfg: LossConfig) -> float:
-    """The official constant for unmatched queries: -log(1e-8) w_cls + 4 w_bbox + 2 w_giou - logit(s)."""
+    """The constant cost of unmatched queries: -log(1e-8) w_cls + 4 w_bbox + 2 w_giou - logit(s) (the spec's form).
+
+    The official ``nonmatching_cost`` adds ``-log(1/s - 1)`` (= +logit(s)) and is used as sigmoid's argument
+    directly; here it goes through ``- C_min + logit(s)`` like a matched cost. Both give u = 1 to float precision
+    (sigmoid of about 29 vs about 90), and an unmatched query has no positive target to scale, so the losses agree.
+    """
     return -math.log(MATCH_EPS) * cfg.cls + 4 * cfg.bbox + 2 * cfg.giou - _logit(cfg.smoothing)
 
 
