@@ -200,3 +200,10 @@ def test_initialisation_box_size_prior_and_relation_head(tiny_model):
     assert all(float(m.bias.detach().abs().max()) == 0 for m in linears)
     w = torch.cat([m.weight.detach().reshape(-1) for m in linears])
     assert abs(float(w.std()) - 0.02) < 1e-3 and abs(float(w.mean())) < 1e-3
+    # relation.init: pytorch keeps nn.Linear's default (uniform, bound 1/sqrt(fan_in), nonzero biases)
+    torch.manual_seed(0)
+    default = RelationHead(256, 6, 50, 150, init="pytorch")
+    biases = torch.cat([m.bias.detach() for m in default.modules() if isinstance(m, torch.nn.Linear)])
+    assert float(biases.abs().max()) > 0 and default.rel_mlp.layers[0].weight.detach().abs().max() <= 1 / 512 ** 0.5
+    with pytest.raises(ValueError, match="relation.init"):
+        RelationHead(8, 1, 2, 2, init="xavier")

@@ -32,6 +32,10 @@ class RelationConfig(StrictConfig):
     # log_counts = the official formula log(fg + eps / (fg.sum(2) + eps)), i.e. the log of raw counts
     # (operator precedence; spec section 2.3); log_softmax = the --use_log_softmax fix; off = no bias.
     freq_bias: Literal["log_counts", "log_softmax", "log_probs", "off"] = "log_counts"
+    # official = N(0, 0.02) weights and zero biases (transformers' _init_weights via the official post_init(), for keys
+    # missing from the detector checkpoint); pytorch = nn.Linear's default (a CPU-scale option: at small d the
+    # official init leaves the head's logits far below the frequency bias for many epochs)
+    init: Literal["official", "pytorch"] = "official"
     logit_adjustment: bool = False  # post-hoc G -= tau * log p(predicate), official --logit_adjustment
     logit_adjustment_tau: float = 0.3
 

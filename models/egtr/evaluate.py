@@ -37,7 +37,7 @@ def build_predictor(model: EGTR, predictor: str, seed: int = 0) -> EGTR:
         old = model.relation
         torch.manual_seed(seed)
         fresh = RelationHead(old.d, len(old.proj_q), old.num_predicates, old.fg_matrix.shape[0] - 1,
-                             old.fg_matrix.clone(), old.freq_bias_mode)
+                             old.fg_matrix.clone(), old.freq_bias_mode, old.init_mode)
         model.relation = fresh.to(old.fg_matrix.device)
     return model
 

@@ -177,9 +177,9 @@ def freq_bias_table(fg_matrix: torch.Tensor, mode: str) -> torch.Tensor:
 
 class RelationHead(nn.Module):
     def __init__(self, d: int, num_layers: int, num_predicates: int, num_classes: int,
-                 fg_matrix: torch.Tensor | None = None, freq_bias: str = "log_counts"):
+                 fg_matrix: torch.Tensor | None = None, freq_bias: str = "log_counts", init: str = "official"):
         super().__init__()
-        self.d, self.num_predicates = d, num_predicates
+        self.d, self.num_predicates, self.init_mode = d, num_predicates, init
         self.proj_q = nn.ModuleList(nn.Linear(d, d) for _ in range(num_layers))
         self.proj_k = nn.ModuleList(nn.Linear(d, d) for _ in range(num_layers))
         self.final_sub_proj = nn.Linear(d, d)
@@ -192,12 +192,15 @@ class RelationHead(nn.Module):
         self.freq_bias_mode = freq_bias
         self.register_buffer("fg_matrix", fg_matrix.float())
         self.register_buffer("log_freq", freq_bias_table(fg_matrix, freq_bias))
-        # keys missing from the detector checkpoint get transformers' _init_weights in the official code
-        # (DeformableDetrPreTrainedModel: Linear weight ~ N(0, init_std = 0.02), bias 0)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        if init == "official":
+            # keys missing from the detector checkpoint get transformers' _init_weights in the official code
+            # (DeformableDetrPreTrainedModel: Linear weight ~ N(0, init_std = 0.02), bias 0)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+        elif init != "pytorch":
+            raise ValueError(f"relation.init: expected official or pytorch (got {init!r})")
 
     def set_fg_matrix(self, fg_matrix: torch.Tensor) -> None:
         self.fg_matrix.copy_(fg_matrix.float())
@@ -252,10 +255,11 @@ class EGTR(nn.Module):
     """Detector + relation head. ``num_predicates = 0`` gives the detector alone (stage 0)."""
 
     def __init__(self, cfg: DetectorConfig, num_classes: int, num_predicates: int,
-                 fg_matrix: torch.Tensor | None = None, freq_bias: str = "log_counts"):
+                 fg_matrix: torch.Tensor | None = None, freq_bias: str = "log_counts", rel_init: str = "official"):
         super().__init__()
         self.detector = DeformableDetector(cfg, num_classes)
-        self.relation = (RelationHead(cfg.d_model, cfg.decoder_layers, num_predicates, num_classes, fg_matrix, freq_bias)
+        self.relation = (RelationHead(cfg.d_model, cfg.decoder_layers, num_predicates, num_classes, fg_matrix, freq_bias,
+                                      rel_init)
                          if num_predicates > 0 else None)
 
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_attentions: bool = False) -> dict:

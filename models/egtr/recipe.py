@@ -59,7 +59,7 @@ def label_space(data_dir: str | Path) -> tuple[list[str], list[str]]:
 def save_model(path: str | Path, model: EGTR, cfg: EgtrConfig, kind: str, categories: list[str], predicates: list[str],
                extra: dict | None = None) -> Path:
     state = {"kind": kind, "model": model.state_dict(), "detector_cfg": cfg.detector.model_dump(),
-             "freq_bias": cfg.relation.freq_bias, "categories": categories, "predicates": predicates,
+             "freq_bias": cfg.relation.freq_bias, "rel_init": cfg.relation.init, "categories": categories, "predicates": predicates,
              "eval_size": cfg.augment.eval_size, "eval_max_size": cfg.augment.eval_max_size, "obj_score": cfg.eval.obj_score,
              **(extra or {})}
     return atomic_torch_save(state, path)
@@ -76,7 +76,8 @@ def load_model(path: str | Path, kind: str = "egtr", map_location: str = "cpu") 
         raise CheckpointKindError(f"{path}: expected {what.get(kind, kind)}, found {what.get(found, repr(found))}")
     det_cfg = DetectorConfig(**state["detector_cfg"])
     n_pred = len(state["predicates"]) if kind == "egtr" else 0
-    model = EGTR(det_cfg, len(state["categories"]), n_pred, freq_bias=state.get("freq_bias", "log_counts"))
+    model = EGTR(det_cfg, len(state["categories"]), n_pred, freq_bias=state.get("freq_bias", "log_counts"),
+                 rel_init=state.get("rel_init", "official"))
     model.load_state_dict(state["model"])
     return model, state
 
@@ -136,7 +137,8 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         new_keys = None
     else:
         fg = fg_matrix(cfg.data_dir, len(categories), len(predicates))
-        model = EGTR(cfg.detector, len(categories), len(predicates), fg_matrix=fg, freq_bias=cfg.relation.freq_bias)
+        model = EGTR(cfg.detector, len(categories), len(predicates), fg_matrix=fg, freq_bias=cfg.relation.freq_bias,
+                     rel_init=cfg.relation.init)
         new_keys = {n for n, _ in model.named_parameters()}
         if init_from is not None:
             det, det_state = load_model(init_from, kind="detector")
