@@ -5,7 +5,8 @@ resume from the newest, early stopping on validation loss (patience), the best w
 kept. Each stage is two fits, as the official ``train_egtr.py`` / ``pretrain_detr.py``: the main fit, ``epochs`` at the
 base rates with early stopping (``patience``), then -- always -- fine-tuning: the main fit's best weights, a fresh
 AdamW at 0.1x every rate, at most ``finetune_epochs`` epochs with its own early stopping; the fine-tuning fit's best
-weights are the stage's result (``best.pt``; the main fit's are in ``best_main.pt``). Gradient clipping at
+weights are the stage's result (``best.pt``; the main fit's are in ``best_main.pt``, which is the result when
+``finetune_epochs`` is 0). Gradient clipping at
 ``grad_clip`` (max norm), gradient accumulation ``grad_accum``. An optional budget of training time
 (``time_budget_s``, summed epoch times, so a resumed run stops where an uninterrupted one would) is shared by the
 two fits in proportion to their epochs; a fit ends after the epoch that crosses its share.
@@ -157,7 +158,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
     kind = "detector" if stage == "pretrain" else "egtr"
     fp = fingerprint(cfg, stage)
     total = sc.epochs + sc.finetune_epochs
-    # the wall-clock budget is shared in proportion to the epochs of the two phases
+    # the training-time budget (summed epoch times) is shared in proportion to the epochs of the two fits
     main_budget = sc.time_budget_s * sc.epochs / total if sc.time_budget_s and total else 0.0
 
     def make_optimizer(factor: float) -> torch.optim.AdamW:
@@ -247,6 +248,6 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
                                            sc.time_budget_s, spent)
         history, stopped_by = history + ft_history, f"main: {stopped_by}; finetune: {ft_stopped}"
     else:
-        atomic_torch_save(torch.load(main_best, map_location="cpu", weights_only=True), best_path)
+        best_path = main_best
     return {"weights": str(best_path), "history": history, "epochs_run": len(history),
             "stopped_by": stopped_by, "seconds": time.monotonic() - start}
