@@ -126,6 +126,22 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
     assert infer_main(["--model", det["weights"], "--images", str(img), "--out", str(out_dir)]) == 2
 
 
+def test_stage_fingerprints_name_what_each_stage_depends_on():
+    """The relation settings do not touch stage 0 (the detector is reused when only they change); they and the
+    detector's own recipe identify stage 1."""
+    from models.egtr.config import EgtrConfig
+    from models.egtr.recipe import fingerprint
+
+    base = EgtrConfig.model_validate({**TINY_EGTR, "data_dir": "d"})
+    rel = EgtrConfig.model_validate({**TINY_EGTR, "data_dir": "d", "relation": {"init": "official"}})
+    rel2 = EgtrConfig.model_validate({**TINY_EGTR, "data_dir": "d", "relation": {"init": "pytorch"}})
+    det = EgtrConfig.model_validate({**TINY_EGTR, "data_dir": "d", "pretrain": {**TINY_EGTR["pretrain"], "epochs": 2}})
+    assert fingerprint(rel, "pretrain") == fingerprint(rel2, "pretrain") == fingerprint(base, "pretrain")
+    assert fingerprint(rel, "sgg") != fingerprint(rel2, "sgg")
+    assert fingerprint(det, "pretrain") != fingerprint(base, "pretrain")
+    assert fingerprint(det, "sgg") != fingerprint(base, "sgg")
+
+
 def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
     """Kill after epoch 1 of 2 (drop the newest checkpoint): the rerun resumes and ends where an uninterrupted run ends."""
     import torch

@@ -44,8 +44,9 @@ def fingerprint(cfg: EgtrConfig, stage: str) -> str:
 
     keep = {"seed": cfg.seed, "data_dir": cfg.data_dir, "detector": cfg.detector.model_dump(), "loss": cfg.loss.model_dump(),
             "stage": getattr(cfg, stage).model_dump(exclude={"time_budget_s", "num_workers"}),
-            "augment": cfg.augment.model_dump(), "relation": cfg.relation.model_dump(), "kind": stage}
-    if stage == "sgg":  # the detector it starts from is part of its identity
+            "augment": cfg.augment.model_dump(), "kind": stage}
+    if stage == "sgg":  # the relation settings and the detector it starts from are part of its identity (not stage 0's)
+        keep["relation"] = cfg.relation.model_dump()
         keep["init"] = cfg.pretrained or getattr(cfg, "pretrain").model_dump(exclude={"time_budget_s", "num_workers"})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
