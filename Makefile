@@ -11,6 +11,11 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
+# A relative DATA_MIRROR (as in the README) is made absolute here, once, against the directory `make` runs in,
+# so DVC stages, Prefect flows and tests that run elsewhere (a copied repository, a worker) see the same folder.
+ifneq ($(strip $(DATA_MIRROR)),)
+export DATA_MIRROR := $(abspath $(DATA_MIRROR))
+endif
 
 .PHONY: help venv run test test-fast repro deploy melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
 

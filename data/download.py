@@ -20,6 +20,7 @@ from pathlib import Path
 from data.catalog import CatalogFile, dataset
 
 CHUNK = 1 << 20
+MIRROR_ENV = "DATA_MIRROR"
 
 
 class DownloadError(RuntimeError):
@@ -28,6 +29,27 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(RuntimeError):
     """A file's bytes do not match the catalog's sha256 (or size)."""
+
+
+def mirror_from_env(environ: dict[str, str] | None = None, cwd: str | Path | None = None) -> Path | None:
+    """``$DATA_MIRROR`` as an absolute folder, or None when it is unset or empty.
+
+    A relative value is resolved once, here, against the working directory of the process that read the
+    environment (``DATA_MIRROR=../shared/data make run`` from the repository root means the ``shared/data``
+    beside the checkout), so a stage started from elsewhere or a copied repository sees the same folder. A
+    value that does not name a folder stops with both the value and what it resolved to.
+    """
+    value = (os.environ if environ is None else environ).get(MIRROR_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(cwd or os.getcwd()) / path
+    path = Path(os.path.normpath(path))
+    if not path.is_dir():
+        raise DownloadError(f"{MIRROR_ENV}={value!r} resolves to {path}, which is not a folder "
+                            f"(unset {MIRROR_ENV} to download from the official URLs)")
+    return path
 
 
 def sha256_file(path: Path) -> str:

@@ -21,7 +21,11 @@ for _k, _v in {
     os.environ[_k] = _v
 
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = os.environ.get("DATA_MIRROR")
+# resolved once (relative to the directory pytest started in) and exported, so that subprocesses started in other
+# directories (a copied repository running `dvc repro`) read the same mirror
+MIRROR = os.path.abspath(os.environ["DATA_MIRROR"]) if os.environ.get("DATA_MIRROR", "").strip() else None
+if MIRROR:
+    os.environ["DATA_MIRROR"] = MIRROR
 
 
 def free_port() -> int:

@@ -82,3 +82,39 @@ def test_catalog_checksums_match_the_mirror(tmp_path, name):
     mirror = mirror_dir(name).parent
     origins = download.fetch_dataset(name, tmp_path, mirror=str(mirror), progress=False)
     assert set(origins.values()) == {"mirror"} and len(origins) == len(load_catalog()[name].files)
+
+
+def test_relative_mirror_is_resolved_against_the_working_directory(tmp_path):
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    got = download.mirror_from_env({"DATA_MIRROR": "../shared/data"}, cwd=tmp_path / "repo")
+    assert got == tmp_path / "shared" / "data" and got.is_absolute()
+    assert download.mirror_from_env({"DATA_MIRROR": "  "}) is None and download.mirror_from_env({}) is None
+    with pytest.raises(download.DownloadError, match=r"DATA_MIRROR='\.\./nowhere' resolves to .*/nowhere, which is not a folder"):
+        download.mirror_from_env({"DATA_MIRROR": "../nowhere"}, cwd=tmp_path / "repo")
+
+
+@pytest.mark.mirror
+def test_download_stage_from_another_directory_with_a_relative_mirror(tmp_path):
+    """The README's relative ``DATA_MIRROR`` works from any working directory: a stage run elsewhere (a copied
+    repository, a Prefect worker) with the mirror given relative to its own directory finds the files."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MIRROR, REPO
+
+    mirror_dir("vg150_meta")
+    cwd = tmp_path / "elsewhere" / "deeper"
+    cwd.mkdir(parents=True)
+    rel = os.path.relpath(MIRROR, cwd)
+    assert not os.path.isabs(rel)
+    env = {**os.environ, "DATA_MIRROR": rel, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "data.stages.download", "--dataset", "vg150_meta", "--out", "raw/vg150_meta"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    files = {e.path for e in load_catalog()["vg150_meta"].files}
+    assert {str(p.relative_to(cwd / "raw" / "vg150_meta")) for p in (cwd / "raw" / "vg150_meta").rglob("*") if p.is_file()} == files
+    bad = subprocess.run([sys.executable, "-m", "data.stages.download", "--dataset", "vg150_meta", "--out", "raw2"],
+                         cwd=cwd, env={**env, "DATA_MIRROR": "no/such/mirror"}, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "DATA_MIRROR='no/such/mirror' resolves to" in bad.stderr and not (cwd / "raw2").exists()

@@ -1,16 +1,16 @@
 """DVC stage ``download@<dataset>``: fetch a catalog dataset (mirror first, then official URL).
 
 Usage: ``python -m data.stages.download --dataset melu_movielens --out data/raw/melu_movielens``.
-The mirror is read from the ``DATA_MIRROR`` environment variable (never written to).
+The mirror is read from the ``DATA_MIRROR`` environment variable (never written to); a relative value is
+resolved against the working directory (``data.download.mirror_from_env``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from data.download import ChecksumError, DownloadError, fetch_dataset
+from data.download import ChecksumError, DownloadError, fetch_dataset, mirror_from_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        origins = fetch_dataset(args.dataset, args.out, mirror=os.environ.get("DATA_MIRROR"))
+        mirror = mirror_from_env()
+        origins = fetch_dataset(args.dataset, args.out, mirror=str(mirror) if mirror else None)
     except (DownloadError, ChecksumError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
