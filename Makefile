@@ -17,7 +17,7 @@ ifneq ($(strip $(DATA_MIRROR)),)
 export DATA_MIRROR := $(abspath $(DATA_MIRROR))
 endif
 
-.PHONY: help venv run test test-fast repro deploy melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
+.PHONY: help venv run test test-fast repro deploy serve melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -29,8 +29,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv and install the pinned dependencies
 
-run: venv ## run the whole pipeline (dvc repro: download -> preprocess -> Prefect flows -> MLflow registry)
+run: venv ## run the whole pipeline (dvc repro: download -> preprocess -> Prefect flows -> MLflow registry), then check the registry
 	dvc repro
+	$(PY) -m flows.registry_check --repair
 
 repro: run
 
@@ -42,6 +43,11 @@ test-fast: venv ## unit tests only (no end-to-end flows or servers)
 
 deploy: venv ## register every deployment of prefect.yaml (needs PREFECT_API_URL and a work pool named gpu)
 	prefect --no-prompt deploy --all
+
+MODEL ?= models:/melu@champion
+PORT ?= 5001
+serve: venv ## serve a registered model over HTTP on 127.0.0.1: make serve MODEL=models:/melu@champion PORT=5001
+	mlflow models serve -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(PORT)
 
 melu-table: venv ## MeLU vs baselines over 3 episode seeds (docs/results.md table)
 	$(PY) scripts/melu_table.py --out docs/melu_table.json

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import yaml
 
+from data.atomic import atomic_directory
+from data.download import sha256_file
 from models.common import tracking
+from models.common.registry import aliases
 
 
 def configure_environment() -> None:
@@ -64,6 +69,48 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: s
         tracking.client().set_terminated(run_id, status=status)
 
 
+def register_once(name: str, run_id: str, weights: str | Path, log_model: Callable[[], str], gate_metric: str,
+                  gate_value: float, mode: str, scope: str | None = None) -> dict:
+    """Log and register the model unless a version with the same weights (sha256) is already registered.
+
+    Re-running an unchanged configuration reuses its finished checkpoint and so produces the same weights: the
+    registry then gets nothing new (the run is tagged with the version it found), which makes registration
+    idempotent for ``dvc repro --force`` and for the repair step of ``make run`` (``flows.registry_check``).
+    """
+    from tasks.registry import find_version_by_weights, register_and_promote
+
+    sha = sha256_file(Path(weights))
+    found = find_version_by_weights(name, sha)
+    if found is not None:
+        c = tracking.client()
+        c.set_tag(run_id, "registry.version", found)
+        c.set_tag(run_id, "registry.reused", "true")
+        print(f"{name} v{found} already holds these weights (sha256 {sha[:12]}): nothing registered")
+        return {"model": name, "scope": scope, "candidate_version": found, "reused": True, "promoted": False}
+    return register_and_promote(log_model(), name, run_id, gate_metric, gate_value, mode, scope=scope, weights_sha256=sha)
+
+
+def model_bundle(weights: str | Path, stage: str, registered_model: str | None, gate_metric: str, gate_value: float,
+                 mode: str, scope: str | None = None) -> dict:
+    """What a train stage leaves for DVC (see :func:`write_model_bundle`): the final weights and a card."""
+    card = {"stage": stage, "registered_model": registered_model,
+            "champion_alias": aliases(scope)[0] if registered_model else None,
+            "gate_metric": gate_metric, "gate_value": float(gate_value), "gate_mode": mode,
+            "weights_sha256": sha256_file(Path(weights))}
+    return {"weights": str(weights), "card": card}
+
+
+def write_model_bundle(out_dir: str | Path, bundle: dict) -> Path:
+    """The train stage's DVC output ``<out_dir>/``: ``model.pt`` (the weights the pyfunc serves) and ``model.json``
+    (stage, registered name and champion alias, gate value, weights sha256). No run id and no time in it, so the
+    same computation gives the same bytes. It exists only where the stage ran (DVC caches it; a remote carries
+    it), which is what makes a fresh clone train and register instead of trusting the committed metrics."""
+    with atomic_directory(out_dir) as tmp:
+        shutil.copyfile(bundle["weights"], tmp / "model.pt")
+        tracking.atomic_write_json(tmp / "model.json", bundle["card"])
+    return Path(out_dir)
+
+
 def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None,
             presets: dict[str, dict] | None = None) -> int:
     """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record,
@@ -78,11 +125,14 @@ def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: 
     ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
     ap.add_argument("--no-register", action="store_true")
     ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
+    ap.add_argument("--model-out", help="write the final weights and model card to this folder (the DVC stage's output)")
     args = ap.parse_args(argv)
     configure_environment()
     overrides = dict(presets[args.variant]) if presets and args.variant else {}
     overrides.update(parse_overrides(args.overrides))
     result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
+    if args.model_out:
+        write_model_bundle(args.model_out, result["bundle"])
     if args.record:
         tracking.atomic_write_json(args.record, result)
     print(json.dumps(result, indent=2, default=str))

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags, tracked_run
+from flows.common import model_bundle, register_once, run_cli, run_tags, tracked_run
 from models.common import tracking
 from models.common.config import load_section
 from models.dissan.config import VARIANTS, DissanConfig, variant_of
 from models.dissan.recipe import GATE_METRIC
 from tasks.data import ensure_data
 from tasks.dissan import evaluate_dissan, log_dissan_model, train_dissan
-from tasks.registry import register_and_promote
 
 DATA_TARGETS = ["download@snli", "download@sick", "download@glove_6b_50d"]
 
@@ -52,10 +51,16 @@ def dissan_flow(params_path: str = "params.yaml", overrides: dict | None = None,
             "test_buckets": evaluated["test"]["buckets"], "test_confusion": evaluated["test"]["confusion"],
             "oov_rate": trained["data"]["oov_rate"], "vectors": trained["data"]["vectors"],
         }
-        tracking.atomic_write_json(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result)
-        if register_model and variant == "dissan" and result["comparable_to_paper"]:
-            uri = log_dissan_model(run_id, trained["weights"], trained["meta"])
-            result["registry"] = register_and_promote(uri, "dissan", run_id, GATE_METRIC, evaluated["metrics"][GATE_METRIC], "max", scope=dataset)
+        tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result, run_id)
+        registers = register_model and variant == "dissan" and result["comparable_to_paper"]
+        gate = evaluated["metrics"][GATE_METRIC]
+        stage = f"train_dissan@{variant}-{dataset}" if result["comparable_to_paper"] else f"{dataset}_check_dissan"
+        result["bundle"] = model_bundle(trained["weights"], stage, "dissan" if registers else None, GATE_METRIC, gate, "max",
+                                        scope=dataset)
+        if registers:
+            result["registry"] = register_once("dissan", run_id, trained["weights"],
+                                               lambda: log_dissan_model(run_id, trained["weights"], trained["meta"]),
+                                               GATE_METRIC, gate, "max", scope=dataset)
         return result
 
 

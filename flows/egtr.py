@@ -21,14 +21,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags, tracked_run
+from flows.common import model_bundle, register_once, run_cli, run_tags, tracked_run
 from models.common import tracking
 from models.common.config import load_section
 from models.egtr.config import EgtrConfig
 from tasks.data import ensure_data
 from tasks.egtr import (evaluate_detector, evaluate_egtr, example_image, log_egtr_model, plots_dir,
                         train_egtr_stage)
-from tasks.registry import register_and_promote
 
 GATE_METRIC = "val_R_at_50"
 VARIANTS = {
@@ -76,7 +75,7 @@ def egtr_pretrain_flow(params_path: str = "params.yaml", overrides: dict | None 
         det = evaluate_detector(params_path, overrides, run_id, trained["weights"], "val")
         result = {"run_id": run_id, "weights": trained["weights"], "epochs_run": trained["epochs_run"],
                   "stopped_by": trained["stopped_by"], "seconds": trained["seconds"], **det}
-        tracking.atomic_write_json(Path(cfg.metrics_dir) / f"{cfg.dataset}-pretrain.json", result)
+        tracking.write_metrics(Path(cfg.metrics_dir) / f"{cfg.dataset}-pretrain.json", result, run_id)
         return result
 
 
@@ -113,11 +112,13 @@ def egtr_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         for extra in ("oi_R_at_50", "oi_wmAP_rel", "oi_wmAP_phr", "oi_score_wtd"):
             if extra in test["egtr"]:
                 result["test"][extra] = test["egtr"][extra]
-        tracking.atomic_write_json(Path(cfg.metrics_dir) / f"{cfg.dataset}.json", result)
+        tracking.write_metrics(Path(cfg.metrics_dir) / f"{cfg.dataset}.json", result, run_id)
+        result["bundle"] = model_bundle(trained["weights"], f"train_egtr@{cfg.dataset}", "egtr" if register_model else None,
+                                        GATE_METRIC, result[GATE_METRIC], "max", scope=cfg.dataset)
         if register_model:
-            uri = log_egtr_model(run_id, trained["weights"], example_image(cfg))
-            result["registry"] = register_and_promote(uri, "egtr", run_id, GATE_METRIC, result[GATE_METRIC], "max",
-                                                      scope=cfg.dataset)
+            result["registry"] = register_once("egtr", run_id, trained["weights"],
+                                               lambda: log_egtr_model(run_id, trained["weights"], example_image(cfg)),
+                                               GATE_METRIC, result[GATE_METRIC], "max", scope=cfg.dataset)
         return result
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags, tracked_run
+from flows.common import model_bundle, register_once, run_cli, run_tags, tracked_run
 from models.common.config import load_section
 from models.melu.config import MeluConfig
 from tasks.data import ensure_data
 from tasks.melu import evaluate_melu, evidence_candidates, log_melu_model, train_melu
-from tasks.registry import register_and_promote
 
 DATA_TARGETS = ["download@melu_movielens", "preprocess_melu"]
 
@@ -37,11 +36,14 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         metrics = evaluate_melu(params_path, overrides, run_id, trained["weights"], trained["history"])
         if cfg.evidence.enabled:
             evidence_candidates(params_path, overrides, run_id, trained["weights"], out_dir)
-        result = {"run_id": run_id, "metrics": metrics}
+        r = cfg.registry
+        result = {"run_id": run_id, "metrics": metrics,
+                  "bundle": model_bundle(trained["weights"], "train_melu", r.model_name if register_model else None,
+                                         r.gate_metric, metrics[r.gate_metric], r.gate_mode)}
         if register_model:
-            model_uri = log_melu_model(params_path, overrides, run_id, trained["weights"])
-            r = cfg.registry
-            result["registry"] = register_and_promote(model_uri, r.model_name, run_id, r.gate_metric, metrics[r.gate_metric], r.gate_mode)
+            result["registry"] = register_once(r.model_name, run_id, trained["weights"],
+                                               lambda: log_melu_model(params_path, overrides, run_id, trained["weights"]),
+                                               r.gate_metric, metrics[r.gate_metric], r.gate_mode)
         return result
 
 

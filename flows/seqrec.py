@@ -18,14 +18,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import run_cli, run_tags, tracked_run
+from flows.common import model_bundle, register_once, run_cli, run_tags, tracked_run
 from models.common import tracking
 from models.common.config import load_section
 from models.seqrec.config import ABLATIONS, VARIANTS, SeqRecConfig, variant_of
 from models.seqrec.metrics import FULL
 from models.seqrec.recipe import GATE_METRIC
 from tasks.data import ensure_data
-from tasks.registry import register_and_promote
 from tasks.seqrec import analyze_fanc, evaluate_seqrec, log_seqrec_model, train_seqrec
 
 DATA_TARGETS = ["download@s3rec_sequences", "preprocess_seqrec"]
@@ -53,11 +52,15 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
             "best_valid": trained["best_valid"], "test": metrics, "epochs": trained["epochs"],
             "training": trained["training"], "fanc_analysis": analysis,
         }
-        tracking.atomic_write_json(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result)
-        if register_model and variant not in ABLATIONS:
-            uri = log_seqrec_model(params_path, overrides, run_id, trained["weights"])
-            result["registry"] = register_and_promote(uri, name, run_id, GATE_METRIC, trained["best_valid"][GATE_METRIC], "max",
-                                                      scope=dataset.lower())
+        tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result, run_id)
+        registers = register_model and variant not in ABLATIONS
+        gate = trained["best_valid"][GATE_METRIC]
+        result["bundle"] = model_bundle(trained["weights"], f"train_seqrec@{variant}-{dataset}", name if registers else None,
+                                        GATE_METRIC, gate, "max", scope=dataset.lower())
+        if registers:
+            result["registry"] = register_once(name, run_id, trained["weights"],
+                                               lambda: log_seqrec_model(params_path, overrides, run_id, trained["weights"]),
+                                               GATE_METRIC, gate, "max", scope=dataset.lower())
         return result
 
 

@@ -45,7 +45,6 @@ def collect(metrics_dir: Path) -> list[dict]:
                 "dataset": dataset, "variant": variant, "label": LABELS[variant], "protocol": r["protocol"],
                 **{c: r["test"][f"test_{c}"] for c in COLS},
                 "valid_ndcg_at_10": r["best_valid"]["valid_ndcg_at_10"], "epochs": r["epochs"],
-                "train_seconds": r["training"]["train_seconds"], "seq_per_s": r["training"]["train_seq_per_s"],
                 "stopped_by": r["training"]["stopped_by"], "time_budget_s": r["time_budget_s"],
                 "gate_mean_last": (r.get("fanc_analysis") or {}).get("gate_mean_last"),
                 "clip_fraction": (r.get("fanc_analysis") or {}).get("clip_fraction"),
@@ -59,7 +58,7 @@ def markdown(rows: list[dict]) -> str:
     out = [f"Test split, protocol: {'; '.join(protocols)}; already-seen items not masked. "
            f"Time budget per run (train + validation): {', '.join(f'{b:g} s' for b in budgets)} on a 2-core CPU. "
            "FaNC is a reconstruction from the paper's abstract (spec fanc.md), not the authors' model.", ""]
-    head = ["dataset", "model", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "valid NDCG@10", "epochs", "seq/s"]
+    head = ["dataset", "model", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "valid NDCG@10", "epochs"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ds in DATASETS:
         sub = [r for r in rows if r["dataset"] == ds]
@@ -68,7 +67,7 @@ def markdown(rows: list[dict]) -> str:
         best = {c: max(r[c] for r in sub) for c in COLS}
         for r in sub:
             cells = [f"**{r[c]:.4f}**" if r[c] == best[c] else f"{r[c]:.4f}" for c in COLS]
-            out.append("| " + " | ".join([ds, r["label"], *cells, f"{r['valid_ndcg_at_10']:.4f}", str(r["epochs"]), f"{r['seq_per_s']:.0f}"]) + " |")
+            out.append("| " + " | ".join([ds, r["label"], *cells, f"{r['valid_ndcg_at_10']:.4f}", str(r["epochs"])]) + " |")
     gates = [r for r in rows if r["gate_mean_last"] is not None]
     if gates:
         out += ["", "FaNC gate (mean over d of g in h = g*c + (1-g)*u; 1 = conscious) at the last step of the test inputs, "

@@ -69,6 +69,25 @@ def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg
     assert out.predicted_rating.is_monotonic_decreasing
     with pytest.raises(Exception, match="zip"):
         model.predict(req.assign(zip="99999"))
+    # integer ratings pass the signature; ratings off the 1-5 scale, NaN and an empty candidate list are refused
+    assert model.predict(req.assign(support_ratings=[[5, 1, 4]])).equals(out)
+    for bad, field in (([50, 1, 4], "support_ratings"), ([-3, 1, 4], "support_ratings"), ([float("nan"), 1, 4], "support_ratings")):
+        with pytest.raises(Exception, match=f"request 0: field '{field}'"):
+            model.predict(req.assign(support_ratings=[bad]))
+    with pytest.raises(Exception, match="request 0: field 'candidate_items': empty list"):
+        model.predict(req.assign(candidate_items=[[]]))
+
+
+def test_rerun_of_the_same_config_registers_nothing_new(flow_result, tiny_cfg, tmp_path):
+    from flows.melu import melu_flow
+
+    result, params = flow_result
+    again = melu_flow(params_path=params)  # reuses the finished checkpoint: the same weights
+    c = MlflowClient()
+    assert again["registry"]["reused"] and again["registry"]["candidate_version"] == result["registry"]["candidate_version"]
+    assert len(c.search_model_versions("name='melu'")) == 1
+    assert again["bundle"]["card"] == result["bundle"]["card"] and again["metrics"] == result["metrics"]
+    assert c.get_run(again["run_id"]).data.tags["registry.reused"] == "true"
 
 
 def test_second_flow_with_worse_gate_stays_challenger(flow_result, tiny_cfg, tmp_path):
@@ -104,7 +123,7 @@ def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
                     pytest.fail(f"mlflow models serve exited: {proc.stdout.read()[-3000:]}")
                 time.sleep(1)
         body = json.dumps({"dataframe_records": [{"gender": "F", "age": "35", "occupation": "1", "zip": "10002",
-                                                  "support_items": [4, 5], "support_ratings": [2.0, 5.0],
+                                                  "support_items": [4, 5], "support_ratings": [2, 5],  # integers, as people write them
                                                   "candidate_items": [20, 21, 22]}]}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())

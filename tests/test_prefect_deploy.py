@@ -49,6 +49,21 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path):
             assert got["work_pool_name"] == "gpu"
             assert got["parameters"]["sync_data"] is True
             assert [s["schedule"]["cron"] for s in got["schedules"]] == [dep["schedules"][0]["cron"]]
+        # the README's worker command starts, polls the pool, and stops on SIGTERM
+        worker = subprocess.Popen([prefect, "worker", "start", "--pool", "gpu"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        seen, deadline = "", time.time() + 90
+        try:
+            while "started" not in seen.lower() and time.time() < deadline and worker.poll() is None:
+                seen += worker.stdout.readline()
+            assert "started" in seen.lower(), seen[-3000:]
+            workers = json.loads(urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/work_pools/gpu/workers/filter", data=b"{}", method="POST",
+                headers={"Content-Type": "application/json"}), timeout=10).read())
+            assert workers and workers[0]["status"] == "ONLINE", workers
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
     finally:
         server.terminate()
         try:

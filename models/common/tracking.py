@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -161,12 +162,63 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# Values that differ between two runs of the same computation: ids of the run, wall-clock times and rates.
+RUN_SPECIFIC = re.compile(r"^(run_id|seconds|decided_at|.*_seconds|.*_seconds_per_epoch|.*_per_s)$")
+
+
+def split_run_specific(obj: Any) -> tuple[Any, dict]:
+    """(the result without run ids and timings, those values in the same nesting), for dicts at any depth."""
+    if not isinstance(obj, dict):
+        return obj, {}
+    stable: dict = {}
+    specific: dict = {}
+    for k, v in obj.items():
+        if RUN_SPECIFIC.match(str(k)):
+            specific[k] = v
+            continue
+        stable[k], sub = split_run_specific(v)
+        if sub:
+            specific[k] = sub
+    return stable, specific
+
+
+def write_metrics(path: str | Path, result: dict, run_id: str) -> dict:
+    """The committed metrics file of a train stage: only what the computation determines, so re-running the same
+    computation rewrites the same bytes (``git status`` stays clean). Run ids, times and throughput go to the MLflow
+    run (``metrics/run_specific.json``, and as metrics ``timing.*``); returns the stable part."""
+    stable, specific = split_run_specific(result)
+    atomic_write_json(path, stable)
+    log_json(run_id, specific, "metrics/run_specific.json")
+    timings = {f"timing.{k}": v for k, v in flatten(specific).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if timings:
+        log_metrics(run_id, timings)
+    return stable
+
+
 def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path:
     """Per-epoch metrics as a CSV with an ``epoch`` column (DVC plots), written atomically."""
     keys = list(history[0])
     lines = [",".join(["epoch", *keys])]
     lines += [",".join([str(i), *[f"{h[k]:.6f}" for k in keys]]) for i, h in enumerate(history, 1)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def lenient_numbers(schema):
+    """The input schema with every float column (and list of floats) typed ``Any``: MLflow's enforcement refuses the
+    integers a person writes for a float (``"support_ratings": [5, 3, 4]`` gives "Can not safely convert int64 to
+    float64"), so the column's type is left to the pyfunc, which converts and validates each value itself."""
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+
+    floats = (DataType.double, DataType.float)
+    cols = []
+    for col in schema.inputs:
+        t = col.type
+        if t in floats:
+            t = AnyType()
+        elif isinstance(t, Array) and t.dtype in floats:
+            t = Array(AnyType())
+        cols.append(ColSpec(t, col.name, required=col.required))
+    return Schema(cols)
 
 
 def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example,
@@ -182,6 +234,7 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     ctx = type("Context", (), {"artifacts": artifacts})()
     python_model.load_context(ctx)
     signature = infer_signature(input_example, python_model.predict(ctx, input_example))
+    signature.inputs = lenient_numbers(signature.inputs)
     repo_root = Path(__file__).resolve().parents[2]
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

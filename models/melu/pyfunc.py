@@ -3,7 +3,7 @@
 Input: a DataFrame, one row per request, with columns
 ``gender`` (str, e.g. "M"), ``age`` (str, one of the ML-1M age codes "1", "18", ...), ``occupation`` (str "0".."20"),
 ``zip`` (str; first 5 characters used), ``support_items`` (list of movie ids the user rated),
-``support_ratings`` (list of ratings 1-5, same length), ``candidate_items`` (list of movie ids to score).
+``support_ratings`` (list of ratings 1-5, same length; integers or floats), ``candidate_items`` (list of movie ids to score).
 Output: one row per (request, candidate): ``request``, ``rank`` (1 = best), ``movie_id``, ``title``,
 ``predicted_rating``, best first within each request. With an empty support set the prediction is the
 meta-learned prior (no local step).
@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 
 USER_COLUMNS = ("gender", "age", "occupation", "zip")
 LIST_COLUMNS = ("support_items", "support_ratings", "candidate_items")
+RATING_MIN, RATING_MAX = 1, 5  # the MovieLens-1M star scale
 
 
 class MeluPyfunc(PythonModel):
@@ -63,6 +64,17 @@ class MeluPyfunc(PythonModel):
             rows.append(self.row[int(m)])
         return rows
 
+    @staticmethod
+    def _ratings(values, r: int) -> list[float]:
+        """Ratings as floats; integers are welcome (JSON ``5`` as well as ``5.0``), anything outside 1-5 is refused."""
+        out = []
+        for v in list(values):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+                    or not RATING_MIN <= float(v) <= RATING_MAX:
+                raise ValueError(f"request {r}: field 'support_ratings': value {v!r}; expected a number from {RATING_MIN} to {RATING_MAX}")
+            out.append(float(v))
+        return out
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from models.melu.meta import adapt
 
@@ -72,10 +84,12 @@ class MeluPyfunc(PythonModel):
         out = []
         for r, rec in enumerate(model_input.to_dict(orient="records")):
             s_items = self._items(rec["support_items"], r, "support_items")
-            s_y = [float(v) for v in list(rec["support_ratings"])]
+            s_y = self._ratings(rec["support_ratings"], r)
             if len(s_y) != len(s_items):
                 raise ValueError(f"request {r}: support_ratings has {len(s_y)} values for {len(s_items)} support_items")
             cands = list(rec["candidate_items"])
+            if not cands:
+                raise ValueError(f"request {r}: field 'candidate_items': empty list; expected at least one movie id to score")
             c_rows = self._items(cands, r, "candidate_items")
             with torch.no_grad():
                 user = self.model.user_encoder(torch.as_tensor([self._user_row(rec, r)]))
