@@ -1,10 +1,11 @@
 """One download mechanism for every dataset of the project.
 
 For each catalog file: read ``$DATA_MIRROR/<dataset>/<path>`` first (a read-only local mirror of the
-official files), otherwise the official URL. The bytes are written to a temporary file beside the
-destination, their size and sha256 are verified, and only then is the file renamed into place, so an
-interrupted or corrupt download never leaves a half-written file behind. A file already present with the
-right hash is not fetched again.
+official files), otherwise the official URL. A dataset is fetched into a temporary folder beside its
+destination, every file's size and sha256 is verified there, and only when all of them verify is the folder
+renamed into place (``data.atomic.atomic_directory``): an interrupted, corrupt or incomplete download never
+leaves a half-filled dataset folder behind. Files already present with the right hash are reused, not fetched
+again. Files get the modes the user's umask gives.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from data.atomic import atomic_directory, umask_mode
 from data.catalog import CatalogFile, dataset
 
 CHUNK = 1 << 20
@@ -65,10 +67,14 @@ def _copy_stream(src, dst_path: Path) -> None:
         shutil.copyfileobj(src, out, CHUNK)
 
 
+def verified(path: Path, entry: CatalogFile) -> bool:
+    return path.is_file() and entry.size in (None, path.stat().st_size) and entry.sha256 in (None, sha256_file(path))
+
+
 def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | None, timeout: float = 60.0) -> str:
     """Fetch one catalog file into ``dest_dir``; return 'present', 'mirror' or 'url'."""
     dest = dest_dir / entry.path
-    if dest.exists() and entry.size in (None, dest.stat().st_size) and entry.sha256 in (None, sha256_file(dest)):
+    if verified(dest, entry):
         return "present"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tried: list[str] = []
@@ -77,7 +83,9 @@ def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | N
     tmp = Path(tmp_name)
     try:
         origin = None
-        if mirror:
+        if mirror and not (Path(mirror) / ds_name).is_dir():
+            tried.append(f"mirror folder {Path(mirror) / ds_name} does not exist")
+        elif mirror:
             src = Path(mirror) / ds_name / entry.path
             if src.is_file():
                 with open(src, "rb") as f:
@@ -107,6 +115,7 @@ def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | N
                 f"checksum mismatch for {ds_name}/{entry.path} from {origin}: "
                 f"expected sha256 {entry.sha256} ({entry.size} bytes), got sha256 {actual} ({size} bytes)"
             )
+        umask_mode(tmp)
         os.replace(tmp, dest)
         return origin.split(" ", 1)[0]
     finally:
@@ -115,13 +124,27 @@ def fetch_file(ds_name: str, entry: CatalogFile, dest_dir: Path, mirror: str | N
 
 
 def fetch_dataset(name: str, dest_dir: str | Path, mirror: str | None = None, progress: bool = True) -> dict[str, str]:
-    """Fetch every file of catalog dataset ``name`` into ``dest_dir``; return {path: origin}."""
+    """Fetch every file of catalog dataset ``name`` into the folder ``dest_dir``; return {path: origin}.
+
+    The folder appears (or is replaced) only when every file verifies; on any error it is left as it was.
+    """
     from tqdm import tqdm
 
     ds = dataset(name)
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    if dest_dir.is_dir() and all(verified(dest_dir / e.path, e) for e in ds.files):
+        return {e.path: "present" for e in ds.files}
+    if mirror and not (Path(mirror) / name).is_dir() and all(e.url is None for e in ds.files):
+        raise DownloadError(f"cannot fetch {name}: mirror folder {Path(mirror) / name} does not exist "
+                            f"and no official URL serves its files ({ds.files[0].note})")
     origins = {}
-    for entry in tqdm(ds.files, desc=f"download {name}", unit="file", disable=not progress):
-        origins[entry.path] = fetch_file(name, entry, dest_dir, mirror)
+    with atomic_directory(dest_dir) as tmp:
+        for entry in tqdm(ds.files, desc=f"download {name}", unit="file", disable=not progress):
+            old = dest_dir / entry.path
+            if verified(old, entry):  # keep what an earlier run verified
+                (tmp / entry.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(old, tmp / entry.path)
+                origins[entry.path] = "present"
+            else:
+                origins[entry.path] = fetch_file(name, entry, tmp, mirror)
     return origins

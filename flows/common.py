@@ -6,16 +6,23 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import yaml
+from prefect.exceptions import TerminationSignal
 
 from data.atomic import atomic_directory
 from data.download import sha256_file
 from models.common import tracking
 from models.common.registry import aliases
+
+
+# what an interrupted run raises: SIGINT (KeyboardInterrupt), SIGTERM outside a flow (flows.runtime.Interrupted, a
+# KeyboardInterrupt) and SIGTERM inside one (Prefect's own handler raises TerminationSignal)
+INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
 
 
 def configure_environment() -> None:
@@ -57,14 +64,23 @@ def run_tags(model: str, data_paths: list[str], stage: str | None = None) -> dic
 
 @contextmanager
 def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: str, cfg) -> Iterator[str]:
-    """One MLflow run per flow run: params and resolved config logged, status FINISHED or FAILED at the end."""
-    run_id = tracking.start_run(experiment, run_name, tags)
+    """One MLflow run per flow run: params and resolved config logged; status FINISHED, KILLED (an interrupt:
+    SIGINT or SIGTERM) or FAILED at the end. Runs of this experiment left RUNNING on this host by a process that
+    no longer exists (``kill -9``) are marked KILLED first (``flows.runtime.mark_stale_runs``)."""
+    from flows.runtime import mark_stale_runs, run_identity
+
+    run_id = tracking.start_run(experiment, run_name, {**tags, **run_identity()})
+    for stale in mark_stale_runs(tracking.client().get_run(run_id).info.experiment_id):
+        print(f"mlflow: run {stale} was left RUNNING by a process that is gone; marked KILLED")
     status = "FAILED"
     try:
         tracking.log_params(run_id, {section: cfg.model_dump(mode="json")})
         tracking.log_json(run_id, cfg.model_dump(mode="json"), "config/resolved_config.json")
         yield run_id
         status = "FINISHED"
+    except INTERRUPTS:
+        status = "KILLED"
+        raise
     finally:
         tracking.client().set_terminated(run_id, status=status)
 
@@ -112,9 +128,13 @@ def write_model_bundle(out_dir: str | Path, bundle: dict) -> Path:
 
 
 def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None,
-            presets: dict[str, dict] | None = None) -> int:
+            presets: dict[str, dict] | None = None, config: tuple[type, str] | None = None) -> int:
     """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record,
-    and ``--variant NAME`` when the flow has named override presets (applied before --set)."""
+    and ``--variant NAME`` when the flow has named override presets (applied before --set).
+
+    ``config`` = (config class, params section): the configuration is validated before anything starts (no
+    Prefect server, no data loaded); a mistake exits with status 2 and one line per problem naming its source
+    (the file or the ``--set`` override), the key and the expectation, without a traceback."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default="params.yaml")
     if presets:
@@ -127,10 +147,27 @@ def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: 
     ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
     ap.add_argument("--model-out", help="write the final weights and model card to this folder (the DVC stage's output)")
     args = ap.parse_args(argv)
-    configure_environment()
     overrides = dict(presets[args.variant]) if presets and args.variant else {}
     overrides.update(parse_overrides(args.overrides))
-    result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
+    if config is not None:
+        from models.common.config import ConfigError, load_section
+
+        try:
+            load_section(config[0], config[1], args.params, overrides)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    configure_environment()
+    from flows.runtime import interrupts_raise, prefect_server
+
+    try:
+        with interrupts_raise(), prefect_server():
+            result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
+    except INTERRUPTS as err:
+        code = 130 if type(err) is KeyboardInterrupt else 143
+        print(f"interrupted ({err or 'SIGINT'}): the MLflow run is marked KILLED; the next start resumes from the last "
+              "epoch checkpoint", file=sys.stderr)
+        return code
     if args.model_out:
         write_model_bundle(args.model_out, result["bundle"])
     if args.record:

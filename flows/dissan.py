@@ -65,7 +65,8 @@ def dissan_flow(params_path: str = "params.yaml", overrides: dict | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(dissan_flow, "Run the DisSAN flow (train -> evaluate -> register).", "--set data.dataset=snli", argv, presets=VARIANTS)
+    return run_cli(dissan_flow, "Run the DisSAN flow (train -> evaluate -> register).", "--set data.dataset=snli", argv, presets=VARIANTS,
+                   config=(DissanConfig, "dissan"))
 
 
 if __name__ == "__main__":

@@ -124,12 +124,14 @@ def egtr_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(egtr_flow, "Run the EGTR flow (stage-0 detector if needed -> SGG -> evaluate -> register).",
-                   "--set sgg.epochs=10", argv, presets=VARIANTS)
+                   "--set sgg.epochs=10", argv, presets=VARIANTS,
+                   config=(EgtrConfig, "egtr"))
 
 
 def main_pretrain(argv: list[str] | None = None) -> int:
     return run_cli(egtr_pretrain_flow, "Run EGTR stage 0 (Deformable-DETR detector pretraining).",
-                   "--set pretrain.epochs=10", argv, presets=VARIANTS)
+                   "--set pretrain.epochs=10", argv, presets=VARIANTS,
+                   config=(EgtrConfig, "egtr"))
 
 
 if __name__ == "__main__":

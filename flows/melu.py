@@ -48,7 +48,8 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(melu_flow, "Run the MeLU flow (train -> evaluate -> register).", "--set train.epochs=3", argv)
+    return run_cli(melu_flow, "Run the MeLU flow (train -> evaluate -> register).", "--set train.epochs=3", argv,
+                   config=(MeluConfig, "melu"))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(seqrec_flow, "Run the sequential-recommendation flow.", "--set model.name=sasrec --set data.dataset=Yelp", argv,
-                   presets=VARIANTS)
+                   presets=VARIANTS, config=(SeqRecConfig, "seqrec"))
 
 
 if __name__ == "__main__":

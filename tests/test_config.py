@@ -72,3 +72,65 @@ def test_prefect_entrypoints_import_and_use_the_gpu_pool():
         assert callable(getattr(module, fn))
         assert dep["work_pool"]["name"] == "gpu"
         assert dep["schedules"] and "cron" in dep["schedules"][0]
+
+
+def test_names_sizes_and_lists_are_checked_against_what_exists():
+    bad = {"registry.gate_metric": "cold_mae_meen", "model.hidden": [], "eval.ndcg_k": [0], "eval.states": ["hot_state"]}
+    expect = {"registry.gate_metric": r"melu\.registry\.gate_metric: 'cold_mae_meen' is not a metric of this run; expected one of \[.*'cold_mae_mean'\]",
+              "model.hidden": r"melu\.model\.hidden: List should have at least 1 item", "eval.ndcg_k": r"melu\.eval\.ndcg_k\.0: .*greater than or equal to 1",
+              "eval.states": r"melu\.eval\.states\.0: Input should be 'warm_state'"}
+    for key, value in bad.items():
+        with pytest.raises(ConfigError, match=rf"^--set {re.escape(key)}={re.escape(repr(value))}: {expect[key]}"):
+            load_section(MeluConfig, "melu", REPO / "params.yaml", {key: value})
+    with pytest.raises(ConfigError, match=r"melu\.model\.hidden\.0: Input should be greater than or equal to 1 \(got -4\)"):
+        load_section(MeluConfig, "melu", REPO / "params.yaml", {"model.hidden": [-4]})
+    from models.dissan.config import DissanConfig
+    from models.egtr.config import EgtrConfig
+
+    with pytest.raises(ConfigError, match=r"dissan\.eval\.length_buckets: expected strictly increasing"):
+        load_section(DissanConfig, "dissan", REPO / "params.yaml", {"eval.length_buckets": [10, 8]})
+    with pytest.raises(ConfigError, match=r"egtr\.dataset: String should match pattern"):
+        load_section(EgtrConfig, "egtr", REPO / "params.yaml", {"dataset": "vg 150"})
+
+
+def test_a_missing_subsection_is_an_error_not_the_code_defaults(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["melu"]["train"]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: melu\.train: subsection missing"):
+        load_section(MeluConfig, "melu", p)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["seqrec"]["model"]["fanc"]
+    p.write_text(yaml.safe_dump(raw))
+    from models.seqrec.config import SeqRecConfig
+
+    with pytest.raises(ConfigError, match=r"seqrec\.model\.fanc: subsection missing"):
+        load_section(SeqRecConfig, "seqrec", p)
+
+
+def test_a_file_error_names_the_file_and_an_override_error_names_the_override(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["melu"]["train"]["epochs"] = 0
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: melu\.train\.epochs: .*greater than or equal to 1 \(got 0\)$"):
+        load_section(MeluConfig, "melu", p, {"train.local_steps": 1})
+    with pytest.raises(ConfigError, match=r"^--set train\.local_steps=0: melu\.train\.local_steps"):
+        load_section(MeluConfig, "melu", REPO / "params.yaml", {"train.local_steps": 0})
+
+
+@pytest.mark.parametrize("module", ["flows.melu", "flows.seqrec", "flows.dissan", "flows.egtr"])
+def test_cli_config_errors_come_first_in_one_line(tmp_path, module):
+    """Before any Prefect server starts or any data loads: exit 2, one line naming source, key and expectation."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-m", module, "--params", str(REPO / "params.yaml"), "--set", "nonsense_key=1"],
+                          cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: --set nonsense_key=1: {module.split('.')[1]}.nonsense_key: unknown key"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written: no metrics, no mlflow.db, no outputs

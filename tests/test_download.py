@@ -42,7 +42,7 @@ def test_checksum_mismatch_names_file_and_both_hashes_and_writes_nothing(tmp_pat
         download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False)
     msg = str(err.value)
     assert "ds/a.txt" in msg and entry.sha256 in msg and hashlib.sha256(b"tampered").hexdigest() in msg
-    assert list(out.iterdir()) == []  # nothing half-written stays
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "mirror"]  # nothing half-written stays
 
 
 def test_unreachable_mirror_and_url_names_both_places(tmp_path, monkeypatch):
@@ -51,8 +51,33 @@ def test_unreachable_mirror_and_url_names_both_places(tmp_path, monkeypatch):
     with pytest.raises(download.DownloadError) as err:
         download.fetch_dataset("ds", tmp_path / "out", mirror=str(tmp_path / "nomirror"), progress=False)
     msg = str(err.value)
-    assert str(tmp_path / "nomirror" / "ds" / "a.txt") in msg and entry.url in msg
-    assert list((tmp_path / "out").iterdir()) == []
+    assert f"mirror folder {tmp_path / 'nomirror' / 'ds'} does not exist" in msg and entry.url in msg
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fault", ["mismatch", "truncated", "missing"])
+def test_a_dataset_folder_appears_only_when_every_file_verifies(tmp_path, monkeypatch, fault):
+    """Files verified before the bad one do not stay behind: the folder is built aside and renamed at the end."""
+    mirror = tmp_path / "mirror" / "ds"
+    mirror.mkdir(parents=True)
+    good, bad = b"first file", b"second file"
+    (mirror / "a.txt").write_bytes(good)
+    if fault != "missing":
+        (mirror / "b.txt").write_bytes(b"tampered!!!" if fault == "mismatch" else bad[:4])
+    monkeypatch.setattr(download, "dataset", lambda name: _dataset([_entry("a.txt", good), _entry("b.txt", bad)]))
+    out = tmp_path / "raw" / "ds"
+    with pytest.raises((download.ChecksumError, download.DownloadError), match="ds/b.txt"):
+        download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False)
+    assert not out.exists() and list((tmp_path / "raw").iterdir()) == []
+    (mirror / "b.txt").write_bytes(bad)
+    assert download.fetch_dataset("ds", out, mirror=str(tmp_path / "mirror"), progress=False) == {"a.txt": "mirror", "b.txt": "mirror"}
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((out / "a.txt").stat().st_mode) == 0o666 & ~mask  # not tempfile's 0600
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
 
 
 def test_catalog_entries_are_valid_and_have_official_urls():

@@ -42,8 +42,10 @@ def tiny_nli(tmp_path):
         "model": {"heads": 2, "classifier_hidden": 16, "lstm_hidden": 8, "dropout": 0.0},
         "train": {"epochs": 6, "batch_size": 16, "lr": 0.01, "device": "cpu", "checkpoint_dir": str(tmp_path / "ckpt")},
     }}
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(params))
+    from models.dissan.config import DissanConfig
+
+    p = tmp_path / "params.yaml"  # every subsection written out, as params.yaml has them (a missing one is an error)
+    p.write_text(yaml.safe_dump({"dissan": DissanConfig.model_validate(params["dissan"]).model_dump(mode="json")}))
     return str(p)
 
 
@@ -70,6 +72,12 @@ def test_dissan_flow_trains_registers_and_serves(prefect_harness, mlflow_store, 
     assert list(out.label) == ["entailment", "contradiction"]
     with pytest.raises(Exception, match="hypothesis"):
         model.predict(pd.DataFrame([{"premise": "A dog runs."}]))
+    from mlflow.exceptions import MlflowException
+
+    for rec, expect in (({"premise": "", "hypothesis": "A dog."}, "request 0: field 'premise': empty"),
+                        ({"premise": "A dog.", "hypothesis": "   "}, "request 0: field 'hypothesis': empty")):
+        with pytest.raises(MlflowException, match=expect):
+            model.predict(pd.DataFrame([rec]))
     # the baseline is tracked and written to the table, not registered
     assert main(["--params", tiny_nli, "--variant", "bilstm_max", "--set", "train.epochs=2"]) == 0
     base = json.loads((tmp_path / "metrics" / "dissan" / "bilstm_max-sick.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -14,6 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from data.synthetic_scenes import PREDICATES, generate, predicate
+from tests.conftest import REPO
 
 TINY_EGTR = {
     "dataset": "synthetic",
@@ -64,8 +66,10 @@ def tiny_synthetic(tmp_path):
     data = generate(tmp_path / "sgg", train=12, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=0)
     params = {"egtr": {**TINY_EGTR, "data_dir": str(data), "out_dir": str(tmp_path / "out"),
                        "metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots")}}
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(params))
+    from models.egtr.config import EgtrConfig
+
+    p = tmp_path / "params.yaml"  # every subsection written out, as params.yaml has them (a missing one is an error)
+    p.write_text(yaml.safe_dump({"egtr": EgtrConfig.model_validate(params["egtr"]).model_dump(mode="json")}))
     return str(p), data
 
 
@@ -124,6 +128,29 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
     with pytest.raises(CheckpointKindError, match="stage-0 detector"):
         load_model(det["weights"], "egtr")
     assert infer_main(["--model", det["weights"], "--images", str(img), "--out", str(out_dir)]) == 2
+    # a folder with unreadable files: each is skipped with a one-line error naming it, the rest are written, exit 1
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = folder / "b_good.png"
+    good.write_bytes(img.read_bytes())
+    (folder / "a_empty.jpg").write_bytes(b"")
+    (folder / "c_text.jpg").write_text("this is not an image")
+    (folder / "d_truncated.png").write_bytes(img.read_bytes()[: len(img.read_bytes()) // 2])
+    (folder / "e_header.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "models.egtr.infer", "--model", "models:/egtr@champion_synthetic", "--images",
+                           str(folder), "--out", str(tmp_path / "sg2")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    named = [line for line in err if line.startswith("error: ") and "not a readable image" in line]
+    assert sorted(line.split(":")[1].strip().rsplit("/", 1)[1] for line in named) == [
+        "a_empty.jpg", "c_text.jpg", "d_truncated.png", "e_header.jpg"]
+    assert any("(empty file)" in line for line in named if "a_empty" in line)
+    assert err[-1] == f"error: 4 of 5 images could not be read (see above); the other 1 were written to {tmp_path / 'sg2'}"
+    assert sorted(p.name for p in (tmp_path / "sg2").iterdir()) == ["b_good.json", "b_good.png"]
 
 
 def test_stage_fingerprints_name_what_each_stage_depends_on():

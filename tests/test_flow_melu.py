@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -67,8 +68,12 @@ def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg
     out = model.predict(req)
     assert list(out.movie_id.sort_values()) == [10, 11, 12, 13] and list(out["rank"]) == [1, 2, 3, 4]
     assert out.predicted_rating.is_monotonic_decreasing
-    with pytest.raises(Exception, match="zip"):
-        model.predict(req.assign(zip="99999"))
+    # an unseen zip code (a new user's often is) falls back to the mean zip embedding, and says so
+    new_zip = model.predict(req.assign(zip="99999"))
+    assert set(new_zip.fallback) == {"zip 99999 unseen: mean zip embedding"} and set(out.fallback) == {""}
+    assert sorted(new_zip.movie_id) == [10, 11, 12, 13]
+    with pytest.raises(Exception, match=r"request 0: field 'gender': unknown value 'X'; expected one of"):
+        model.predict(req.assign(gender="X"))
     # integer ratings pass the signature; ratings off the 1-5 scale, NaN and an empty candidate list are refused
     assert model.predict(req.assign(support_ratings=[[5, 1, 4]])).equals(out)
     for bad, field in (([50, 1, 4], "support_ratings"), ([-3, 1, 4], "support_ratings"), ([float("nan"), 1, 4], "support_ratings")):
@@ -131,6 +136,27 @@ def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
         assert sorted(r["movie_id"] for r in rows) == [20, 21, 22]
         assert [r["rank"] for r in rows] == [1, 2, 3]
         assert rows[0]["predicted_rating"] >= rows[-1]["predicted_rating"]
+        # bad input: a 400 whose top-level message names request, field and value, with no traceback or path
+        good = {"gender": "F", "age": "35", "occupation": "1", "zip": "10002", "support_items": [4, 5],
+                "support_ratings": [2, 5], "candidate_items": [20, 21, 22]}
+        for change, expect in (({"support_ratings": [50, 5]}, "request 0: field 'support_ratings': value 50"),
+                               ({"support_ratings": [-3, 5]}, "request 0: field 'support_ratings': value -3"),
+                               ({"candidate_items": []}, "request 0: field 'candidate_items': empty list"),
+                               ({"candidate_items": [999999]}, "request 0: field 'candidate_items': movie id 999999")):
+            body = json.dumps({"dataframe_records": [{**good, **change}]}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=60)
+            assert err.value.code == 400
+            reply = json.loads(err.value.read())
+            assert expect in reply["message"], reply
+            assert "stack_trace" not in reply and "/work" not in reply["message"] and str(tmp_path) not in json.dumps(reply)
+        # NaN is not valid JSON; as the scoring server parses it (pandas), it must still be refused
+        body = b'{"dataframe_records": [{"gender": "F", "age": "35", "occupation": "1", "zip": "10002", "support_items": [4, 5], "support_ratings": [NaN, 5], "candidate_items": [20]}]}'
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == 400 and "NaN" not in json.loads(err.value.read()).get("predictions", "")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

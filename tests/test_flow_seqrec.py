@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import numpy as np
@@ -74,6 +75,13 @@ def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlfl
     assert out.score.is_monotonic_decreasing
     with pytest.raises(Exception, match="history"):
         model.predict(pd.DataFrame([{"history": [99], "k": 2}]))
+    from mlflow.exceptions import MlflowException
+
+    for rec, expect in (({"history": [], "k": 2}, "request 0: field 'history': empty list"),
+                        ({"history": [3, 0], "k": 2}, "request 0: field 'history': value 0; expected an integer from 1 to"),
+                        ({"history": [3], "k": 0}, "request 0: field 'k': value 0; expected an integer from 1")):
+        with pytest.raises(MlflowException, match=re.escape(expect)):
+            model.predict(pd.DataFrame([rec]))
 
 
 def test_ablation_is_tracked_but_not_registered_and_the_table_reads_it(prefect_harness, mlflow_store, tiny_seqrec, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
+
+from data.atomic import umask_mode
 
 _CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
 
@@ -40,6 +43,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         # and the temporary name is random, so the same tensors would give different bytes (and DVC hashes)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        umask_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -118,6 +122,7 @@ def run_epochs(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])
+        print(f"resuming from {last}: {start} of {epochs} epochs done", file=sys.stderr, flush=True)
     if should_stop is not None and history and should_stop(history):
         return history
     bar = tqdm(range(start, epochs), desc="epochs", initial=start, total=epochs, disable=not progress)

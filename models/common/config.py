@@ -1,18 +1,25 @@
 """Typed configuration: ``params.yaml`` sections validated into frozen pydantic objects.
 
 Every section of ``params.yaml`` is validated before anything runs. An unknown key or a value of the
-wrong type raises :class:`ConfigError` whose message names the file and the dotted key, e.g.
-``params.yaml: melu.train.epochs: Input should be a valid integer (got 'ten')``.
+wrong type raises :class:`ConfigError` whose message names where the value came from (the file, or the
+``--set`` override that gave it) and the dotted key, one line per problem, e.g.
+``params.yaml: melu.train.epochs: Input should be a valid integer (got 'ten')`` or
+``--set train.epochs='ten': melu.train.epochs: ...``. A subsection missing from the file is an error (the
+code defaults are not a silent fallback) unless its class lists it in ``optional_sections``.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# a non-empty list of positive integers (layer widths, cut-offs, image sizes)
+PositiveInts = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -25,16 +32,51 @@ class StrictConfig(BaseModel):
     """Base for every config object: unknown keys and wrong types are errors, objects are immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # subsections that may be left out of params.yaml on purpose (their code defaults then apply)
+    optional_sections: ClassVar[tuple[str, ...]] = ()
 
 
-def _format(err: ValidationError, source: str, section: str) -> str:
+def missing_sections(cls: type[BaseModel], raw: dict, prefix: str) -> list[str]:
+    """Dotted names of the subsections of ``cls`` absent from ``raw`` (recursively), except declared optional ones."""
+    out = []
+    for name, field in cls.model_fields.items():
+        sub = field.annotation
+        if not (isinstance(sub, type) and issubclass(sub, StrictConfig)):
+            continue
+        if name not in raw:
+            if name not in getattr(cls, "optional_sections", ()):
+                out.append(f"{prefix}.{name}")
+        elif isinstance(raw[name], dict):
+            out += missing_sections(sub, raw[name], f"{prefix}.{name}")
+    return out
+
+
+def _source_of(loc: tuple, source: str, overrides: dict) -> str:
+    """The override that set (a parent of) the value at ``loc``, else the file."""
+    path = [str(p) for p in loc]
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if path[: len(parts)] == parts or parts[: len(path)] == path:
+            return f"--set {key}={value!r}"
+    return source
+
+
+def _format(err: ValidationError, source: str, section: str, overrides: dict | None = None) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join([section, *[str(p) for p in e["loc"]]]) if section else ".".join(str(p) for p in e["loc"])
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        named = re.match(r"^([\w.]+): (.*)$", msg, flags=re.S) if not loc else None
+        if named:  # a check across keys (model_validator) whose message starts with the key it is about
+            loc, msg = tuple(named.group(1).split(".")), named.group(2)
+        key = ".".join([section, *[str(p) for p in loc]]) if section else ".".join(str(p) for p in loc)
+        where = _source_of(loc, source, overrides or {}) if loc else source
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {key}: unknown key")
+            lines.append(f"{where}: {key}: unknown key")
+        elif named or not loc:
+            lines.append(f"{where}: {key or section}: {msg}")
         else:
-            lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{where}: {key}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -56,11 +98,11 @@ def deep_update(base: dict, overrides: dict) -> dict:
     return out
 
 
-def validate(cls: type[T], raw: dict[str, Any], source: str = "<config>", section: str = "") -> T:
+def validate(cls: type[T], raw: dict[str, Any], source: str = "<config>", section: str = "", overrides: dict | None = None) -> T:
     try:
         return cls.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format(err, source, section)) from None
+        raise ConfigError(_format(err, source, section, overrides)) from None
 
 
 def load_section(cls: type[T], section: str, path: str | Path = "params.yaml", overrides: dict | None = None) -> T:
@@ -74,5 +116,11 @@ def load_section(cls: type[T], section: str, path: str | Path = "params.yaml", o
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if section not in raw_all:
         raise ConfigError(f"{path}: section {section!r} is missing")
+    if not isinstance(raw_all[section], dict):
+        raise ConfigError(f"{path}: {section}: expected a mapping of keys (got {raw_all[section]!r})")
+    missing = missing_sections(cls, raw_all[section], section)
+    if missing:
+        raise ConfigError("\n".join(f"{path}: {m}: subsection missing (the code defaults are not used silently; "
+                                     f"copy it from the repository's params.yaml)" for m in missing))
     raw = deep_update(raw_all[section], overrides or {})
-    return validate(cls, raw, source=str(path), section=section)
+    return validate(cls, raw, source=str(path), section=section, overrides=overrides)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from models.common.config import StrictConfig
+from models.common.config import PositiveInts, StrictConfig
 
 
 class DissanDataConfig(StrictConfig):
@@ -55,7 +55,14 @@ class DissanTrainConfig(StrictConfig):
 class DissanEvalConfig(StrictConfig):
     # upper bounds of the sentence-length buckets (length = the longer sentence of a pair); the last bucket
     # is open. SICK default ~ quintiles; for SNLI use [10, 14, 19, 24].
-    length_buckets: list[int] = [8, 10, 13, 16]
+    length_buckets: PositiveInts = [8, 10, 13, 16]
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"expected strictly increasing bucket bounds, got {v}")
+        return v
 
 
 class DissanOutputConfig(StrictConfig):

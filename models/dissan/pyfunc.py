@@ -13,6 +13,8 @@ import json
 import pandas as pd
 import torch
 
+from models.common.serving import BadRequest, request_errors
+
 try:
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
@@ -33,17 +35,23 @@ class NLIPyfunc(PythonModel):
         self.model.load_state_dict(state)
         self.model.eval()
 
+    @request_errors
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from models.dissan.data import LABELS, NLIPairs, encode, ptb_tokenize
 
         missing = [c for c in ("premise", "hypothesis") if c not in model_input.columns]
         if missing:
-            raise ValueError(f"input needs string columns 'premise' and 'hypothesis' (missing: {missing})")
+            raise BadRequest(f"input needs string columns 'premise' and 'hypothesis' (missing: {missing})")
+        if model_input.empty:
+            raise BadRequest("input has no rows; expected at least one premise/hypothesis pair")
         pairs = NLIPairs([], [], [])
         for r, rec in enumerate(model_input.to_dict(orient="records")):
-            p, h = ptb_tokenize(str(rec["premise"] or "")), ptb_tokenize(str(rec["hypothesis"] or ""))
+            for field in ("premise", "hypothesis"):
+                if not isinstance(rec[field], str):
+                    raise BadRequest(f"request {r}: field {field!r}: value {rec[field]!r}; expected a sentence (a string)")
+            p, h = ptb_tokenize(rec["premise"]), ptb_tokenize(rec["hypothesis"])
             if not p or not h:
-                raise ValueError(f"request {r}: field '{'premise' if not p else 'hypothesis'}' is empty; expected a sentence")
+                raise BadRequest(f"request {r}: field '{'premise' if not p else 'hypothesis'}': empty; expected a sentence")
             pairs.premises.append(p)
             pairs.hypotheses.append(h)
             pairs.labels.append(0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from models.common.config import StrictConfig
+from pydantic import Field
+
+from models.common.config import PositiveInts, StrictConfig
 
 
 class DetectorConfig(StrictConfig):
@@ -81,9 +83,9 @@ class AugmentConfig(StrictConfig):
     random_crop: bool = True  # stage 0 only, p = 0.5 (the SGG stage never crops)
     # training only: keep one predicate, drawn at random each time, per (subject, object) pair (official OI loader)
     filter_multiple_rels: bool = False
-    scales: list[int] = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+    scales: PositiveInts = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
     max_size: int = 1333
-    crop_scales: list[int] = [400, 500, 600]
+    crop_scales: PositiveInts = [400, 500, 600]
     crop_min: int = 384
     crop_max: int = 600
     eval_size: int = 800
@@ -91,7 +93,7 @@ class AugmentConfig(StrictConfig):
 
 
 class EvalConfig(StrictConfig):
-    ks: list[int] = [20, 50, 100]
+    ks: PositiveInts = [20, 50, 100]
     obj_score: Literal["softmax", "sigmoid"] = "softmax"  # official: softmax at test time
     protocol: Literal["vg", "oi"] = "vg"
     max_images: int = 0  # 0 = the whole split
@@ -99,7 +101,7 @@ class EvalConfig(StrictConfig):
 
 class EgtrConfig(StrictConfig):
     seed: int = 42
-    dataset: str = "synthetic"
+    dataset: str = Field("synthetic", pattern=r"^[A-Za-z0-9_]+$")  # also the registry alias scope
     data_dir: str = "data/processed/sgg/synthetic"
     out_dir: str = "outputs/egtr/synthetic"
     device: str = "auto"

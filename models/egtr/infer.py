@@ -131,6 +131,19 @@ def draw(image: Image.Image, graph: dict, path: Path, max_relations: int = 10) -
     return tracking.save_figure(fig, path, dpi=100)
 
 
+def read_image(path: Path) -> Image.Image:
+    """The image as RGB, fully decoded (a truncated file fails here, not halfway through the model)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        reason = "empty file" if path.stat().st_size == 0 else str(err).replace(str(path), "").strip(" '\"") or type(err).__name__
+        raise ValueError(f"{path}: not a readable image ({reason})") from None
+
+
 def list_images(spec: str) -> list[Path]:
     p = Path(spec)
     if p.is_dir():
@@ -162,14 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    failed = 0
     for path in images:
-        image = Image.open(path).convert("RGB")
+        try:
+            image = read_image(path)
+        except ValueError as err:  # one bad file does not stop the others
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
         graph = predictor(image, top_k=args.top_k, min_score=args.min_score)
         graph["image"] = str(path)
         tracking.atomic_write_json(out / f"{path.stem}.json", graph)
         draw(image, graph, out / f"{path.stem}.png")
         top = "; ".join(r["text"] for r in graph["relations"][:3])
         print(f"{path.name}: {len(graph['objects'])} objects, {len(graph['relations'])} relations (top: {top})")
+    if failed:
+        print(f"error: {failed} of {len(images)} images could not be read (see above); the other {len(images) - failed} were written to {out}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.common.serving import request_errors
+
 try:
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
@@ -44,6 +46,7 @@ class SceneGraphPyfunc(PythonModel):
 
         self.predictor = SceneGraphPredictor(context.artifacts["weights"], device="cpu")
 
+    @request_errors
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if "image" not in model_input.columns:
             raise ValueError("input needs a string column 'image' (base64 image bytes or a path)")

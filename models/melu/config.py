@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from models.common.config import StrictConfig
+from models.common.config import PositiveInts, StrictConfig
+
+# the states of the official MeLU data (models.melu.data.STATES; repeated here so the config needs no torch)
+STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
+COLD_STATES = ("user_cold_state", "item_cold_state", "user_and_item_cold_state")
 
 
 class MeluDataConfig(StrictConfig):
@@ -20,7 +24,7 @@ class MeluDataConfig(StrictConfig):
 
 class MeluModelConfig(StrictConfig):
     embedding_dim: int = Field(32, ge=1)
-    hidden: list[int] = [64, 64]
+    hidden: PositiveInts = [64, 64]
 
 
 class MeluTrainConfig(StrictConfig):
@@ -40,8 +44,8 @@ class MeluTrainConfig(StrictConfig):
 
 
 class MeluEvalConfig(StrictConfig):
-    states: list[str] = ["warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state"]
-    ndcg_k: list[int] = [1, 3]
+    states: list[Literal[STATES]] = Field(list(STATES), min_length=1)
+    ndcg_k: PositiveInts = [1, 3]
     batch_users: int = Field(256, ge=1)
 
 
@@ -83,6 +87,23 @@ class MeluConfig(StrictConfig):
     registry: MeluRegistryConfig = MeluRegistryConfig()
     metrics_path: str = "metrics/melu.json"
     plots_dir: str = "plots/melu"
+
+    def metric_names(self) -> list[str]:
+        """The final metrics this configuration produces (models.melu.recipe.evaluate_states)."""
+        names = []
+        for state in self.eval.states:
+            short = state.removesuffix("_state")
+            names += [f"{short}_mae", *[f"{short}_ndcg_at_{k}" for k in self.eval.ndcg_k]]
+        if any(s in COLD_STATES for s in self.eval.states):
+            names.append("cold_mae_mean")
+        return names
+
+    @model_validator(mode="after")
+    def _gate_metric_exists(self) -> "MeluConfig":
+        if self.registry.gate_metric not in self.metric_names():
+            raise ValueError(f"registry.gate_metric: {self.registry.gate_metric!r} is not a metric of this run; "
+                             f"expected one of {self.metric_names()}")
+        return self
 
     @classmethod
     def tiny(cls, **overrides) -> "MeluConfig":

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.common.config import StrictConfig
+from models.common.config import PositiveInts, StrictConfig
 
 DATASETS = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
 
@@ -60,7 +60,7 @@ class SeqRecTrainConfig(StrictConfig):
 
 
 class SeqRecEvalConfig(StrictConfig):
-    ks: list[int] = [5, 10, 20]
+    ks: PositiveInts = [5, 10, 20]
     mask_history: bool = False  # S3-Rec convention: consumed items stay candidates
     protocol: Literal["full", "sampled"] = "full"
     n_negatives: int = Field(100, ge=1)

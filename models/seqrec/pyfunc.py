@@ -2,7 +2,9 @@
 
 Input: a DataFrame, one row per request, with ``history`` (list of item ids 1..N, oldest first) and
 optionally ``k`` (int, default 10). Output: one row per (request, recommended item): ``request``,
-``rank`` (1 = best), ``item_id``, ``score``. Items already in the history are not recommended.
+``rank`` (1 = best), ``item_id``, ``score``. Items already in the history are not recommended. An empty history,
+an id outside 1..N (the dataset's items; there is no unknown-item fallback: an item the model never saw has no
+embedding) or a ``k`` outside 1..N is refused with the request index, field and value.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 
 import pandas as pd
 import torch
+
+from models.common.serving import BadRequest, as_int, as_list, request_errors
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -30,16 +34,15 @@ class SeqRecPyfunc(PythonModel):
         self.model.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.model.eval()
 
+    @request_errors
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if "history" not in model_input.columns:
-            raise ValueError("input needs a column 'history' (list of item ids, oldest first)")
+            raise BadRequest("input needs a column 'history' (list of item ids, oldest first)")
         out = []
         for r, rec in enumerate(model_input.to_dict(orient="records")):
-            hist = [int(i) for i in list(rec["history"])]
-            bad = [i for i in hist if not 1 <= i <= self.n_items]
-            if not hist or bad:
-                raise ValueError(f"request {r}: field 'history': item ids must be in 1..{self.n_items} and non-empty (bad: {bad[:5]})")
-            k = int(rec.get("k") or 10)
+            hist = [as_int(i, r, "history", 1, self.n_items) for i in as_list(rec["history"], r, "history", allow_empty=False)]
+            k = rec.get("k")
+            k = 10 if k is None or (isinstance(k, float) and math.isnan(k)) else as_int(k, r, "k", 1, self.n_items)
             seq = torch.zeros(1, self.max_len, dtype=torch.long)
             tail = torch.as_tensor(hist[-self.max_len:])
             seq[0, -len(tail):] = tail

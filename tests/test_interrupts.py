@@ -1,0 +1,118 @@
+"""Interrupted command-line runs end within seconds, leave no process behind, mark their MLflow run KILLED, and the
+next start resumes from the last epoch checkpoint (flows/runtime.py). SIGINT to the process group is Ctrl-C in a
+terminal; SIGTERM to the group is `timeout`; SIGKILL to the run alone is `kill -9`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+EPOCHS = 400  # a tiny epoch takes ~40 ms: the run is still training when the signal comes
+
+
+def _foreground_signals() -> None:
+    # as in a terminal's foreground job: a test runner started in the background inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(params: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.melu", "--params", str(params)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_foreground_signals)
+
+
+def _epochs_done(ckpt: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in ckpt.glob("*/epoch-*.pt")), default=0)
+
+
+def _wait_for_checkpoint(ckpt: Path, proc: subprocess.Popen, n: int = 2, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while _epochs_done(ckpt) < n:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint written in time"
+        time.sleep(0.05)
+
+
+def _server_pid(stderr: str) -> int:
+    m = re.search(r"prefect: temporary server pid (\d+) on http://127\.0\.0\.1:\d+/api", stderr)
+    assert m, stderr[-3000:]
+    return int(m.group(1))
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def slow_melu(tiny_cfg, tmp_path):
+    """The tiny MeLU config with enough epochs that a run is still training when the signal arrives."""
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": EPOCHS}),
+                                      "evidence": tiny_cfg.evidence.model_copy(update={"enabled": False})})
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"melu": cfg.model_dump(mode="json")}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    return p, env, Path(cfg.train.checkpoint_dir), tmp_path
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_group_ends_the_run_within_seconds(slow_melu, sig, code):
+    params, env, ckpt, cwd = slow_melu
+    proc = _start(params, cwd, env)
+    _wait_for_checkpoint(ckpt, proc)
+    sent = time.time()
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=60)
+    took = time.time() - sent
+    assert proc.returncode == code, err[-3000:]
+    assert took < 15, f"took {took:.1f} s to exit"
+    assert "the next start resumes from the last epoch checkpoint" in err
+    assert _gone(_server_pid(err)), "the temporary Prefect server outlived the run"
+    c = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = c.search_runs([c.get_experiment_by_name("melu").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_kill_9_takes_the_server_down_and_the_next_run_resumes_and_marks_it_killed(slow_melu):
+    params, env, ckpt, cwd = slow_melu
+    proc = _start(params, cwd, env)
+    _wait_for_checkpoint(ckpt, proc, n=3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    server = _server_pid(proc.stderr.read())
+    assert _gone(server), "the temporary Prefect server outlived a kill -9 of its run"
+    done_before = _epochs_done(ckpt)
+    again = subprocess.run([sys.executable, "-m", "flows.melu", "--params", str(params), "--no-register"], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(rf"resuming from .*epoch-0*{done_before}\.pt: {done_before} of {EPOCHS} epochs done", again.stderr), again.stderr[-3000:]
+    c = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = c.search_runs([c.get_experiment_by_name("melu").experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert "gone" in runs[0].data.tags["run.end"]
+    assert done_before >= 3
