@@ -73,12 +73,15 @@ def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlfl
     out = model.predict(pd.DataFrame([{"history": [3, 4, 5], "k": 4}]))
     assert list(out["rank"]) == [1, 2, 3, 4] and not set(out.item_id) & {3, 4, 5}
     assert out.score.is_monotonic_decreasing
-    with pytest.raises(Exception, match="history"):
-        model.predict(pd.DataFrame([{"history": [99], "k": 2}]))
+    with pytest.raises(Exception, match=r"request 0: field 'history': no known item id \(ids are 1 to \d+; got \[999\]\)"):
+        model.predict(pd.DataFrame([{"history": [999], "k": 2}]))
+    # unknown ids are left out of the history, and the reply says so
+    mixed = model.predict(pd.DataFrame([{"history": [3, 4, 5, 999], "k": 4}]))
+    assert list(mixed.item_id) == list(out.item_id) and set(mixed.fallback) == {"ignored 1 unknown item id(s): [999]"}
+    assert set(out.fallback) == {""}
     from mlflow.exceptions import MlflowException
 
     for rec, expect in (({"history": [], "k": 2}, "request 0: field 'history': empty list"),
-                        ({"history": [3, 0], "k": 2}, "request 0: field 'history': value 0; expected an integer from 1 to"),
                         ({"history": [3], "k": 0}, "request 0: field 'k': value 0; expected an integer from 1")):
         with pytest.raises(MlflowException, match=re.escape(expect)):
             model.predict(pd.DataFrame([rec]))

@@ -89,6 +89,7 @@ def test_signal_to_the_group_ends_the_run_within_seconds(slow_melu, sig, code):
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
     took = time.time() - sent
+    print(f"{signal.Signals(sig).name} to the group: exit {proc.returncode} after {took:.2f} s")  # docs/results.md (pytest -s)
     assert proc.returncode == code, err[-3000:]
     assert took < 15, f"took {took:.1f} s to exit"
     assert "the next start resumes from the last epoch checkpoint" in err
@@ -103,9 +104,11 @@ def test_kill_9_takes_the_server_down_and_the_next_run_resumes_and_marks_it_kill
     proc = _start(params, cwd, env)
     _wait_for_checkpoint(ckpt, proc, n=3)
     os.kill(proc.pid, signal.SIGKILL)
+    killed = time.time()
     proc.wait(timeout=30)
     server = _server_pid(proc.stderr.read())
     assert _gone(server), "the temporary Prefect server outlived a kill -9 of its run"
+    print(f"kill -9: the server was gone {time.time() - killed:.2f} s later")
     done_before = _epochs_done(ckpt)
     again = subprocess.run([sys.executable, "-m", "flows.melu", "--params", str(params), "--no-register"], cwd=cwd, env=env,
                            capture_output=True, text=True, timeout=900)

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # a non-empty list of positive integers (layer widths, cut-offs, image sizes)
 PositiveInts = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+# where a model runs: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:<index>" or "mps"
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 
 T = TypeVar("T", bound="StrictConfig")
 

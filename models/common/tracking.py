@@ -203,8 +203,10 @@ def write_metrics(path: str | Path, result: dict, run_id: str) -> dict:
 
 
 def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path:
-    """Per-epoch metrics as a CSV with an ``epoch`` column (DVC plots), written atomically."""
-    keys = list(history[0])
+    """Per-epoch metrics as a CSV with an ``epoch`` column (DVC plots), written atomically. Times and rates
+    (:data:`RUN_SPECIFIC`) are left out: the file is committed, and the same computation must rewrite the same
+    bytes (the per-epoch times are in the MLflow run's metric history)."""
+    keys = [k for k in history[0] if not RUN_SPECIFIC.match(k)]
     lines = [",".join(["epoch", *keys])]
     lines += [",".join([str(i), *[f"{h[k]:.6f}" for k in keys]]) for i, h in enumerate(history, 1)]
     return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from models.common.config import PositiveInts, StrictConfig
+from models.common.config import Device, PositiveInts, StrictConfig
 
 
 class DissanDataConfig(StrictConfig):
@@ -47,7 +47,7 @@ class DissanTrainConfig(StrictConfig):
     grad_clip: float = Field(0.0, ge=0)  # 0 = none
     init_seed: int = 0
     order_seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/dissan"
     resume: bool = True
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.common.config import PositiveInts, StrictConfig
+from models.common.config import Device, PositiveInts, StrictConfig
 
 
 class DetectorConfig(StrictConfig):
@@ -19,15 +19,15 @@ class DetectorConfig(StrictConfig):
 
     backbone: str = "resnet50"  # a timm model name
     backbone_weights: str | None = None  # local path to a timm/torchvision state dict; None = random init
-    d_model: int = 256
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    heads: int = 8
-    ffn_dim: int = 1024
-    n_points: int = 4
-    num_feature_levels: int = 4
-    num_queries: int = 200
-    dropout: float = 0.1
+    d_model: int = Field(256, ge=1)
+    encoder_layers: int = Field(6, ge=1)
+    decoder_layers: int = Field(6, ge=1)
+    heads: int = Field(8, ge=1)
+    ffn_dim: int = Field(1024, ge=1)
+    n_points: int = Field(4, ge=1)
+    num_feature_levels: int = Field(4, ge=1, le=4)  # the backbone stages used (a timm ResNet has 4)
+    num_queries: int = Field(200, ge=2)  # a relation needs two objects
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
 class RelationConfig(StrictConfig):
@@ -39,39 +39,39 @@ class RelationConfig(StrictConfig):
     # official init leaves the head's logits far below the frequency bias for many epochs)
     init: Literal["official", "pytorch"] = "official"
     logit_adjustment: bool = False  # post-hoc G -= tau * log p(predicate), official --logit_adjustment
-    logit_adjustment_tau: float = 0.3
+    logit_adjustment_tau: float = Field(0.3, ge=0.0)
 
 
 class LossConfig(StrictConfig):
-    cls: float = 2.0  # also the matcher's class weight
-    bbox: float = 5.0
-    giou: float = 2.0
-    rel: float = 15.0
-    conn: float = 30.0  # 90 for Open Images (--connectivity_loss_coefficient)
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    smoothing: float = 1e-14  # --smoothing; adaptive relation smoothing, spec 3.2
-    rel_sample_negatives: int = 80
-    rel_sample_nonmatching: int = 80
+    cls: float = Field(2.0, ge=0.0)  # also the matcher's class weight
+    bbox: float = Field(5.0, ge=0.0)
+    giou: float = Field(2.0, ge=0.0)
+    rel: float = Field(15.0, ge=0.0)
+    conn: float = Field(30.0, ge=0.0)  # 90 for Open Images (--connectivity_loss_coefficient)
+    focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    smoothing: float = Field(1e-14, gt=0.0, lt=1.0)  # --smoothing; adaptive relation smoothing, spec 3.2
+    rel_sample_negatives: int = Field(80, ge=0)
+    rel_sample_nonmatching: int = Field(80, ge=0)
     nonmatching_sampling: Literal["topk", "random"] = "topk"  # VG: top-k; OI: random (argparse comment)
 
 
 class StageConfig(StrictConfig):
     """One training stage: ``epochs`` at ``lr`` then ``finetune_epochs`` at 0.1 x every lr."""
 
-    epochs: int = 50
-    finetune_epochs: int = 25
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-4  # pretrain: detector; sgg: new modules (relation head)
-    lr_detector: float = 2e-6  # sgg only: the rest of the detector
-    lr_backbone: float = 1e-5  # backbone, reference points, sampling offsets
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.1
-    patience: int = 15  # early stopping on validation loss
+    epochs: int = Field(50, ge=1)
+    finetune_epochs: int = Field(25, ge=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0.0)  # pretrain: detector; sgg: new modules (relation head)
+    lr_detector: float = Field(2e-6, ge=0.0)  # sgg only: the rest of the detector
+    lr_backbone: float = Field(1e-5, ge=0.0)  # backbone, reference points, sampling offsets
+    weight_decay: float = Field(1e-4, ge=0.0)
+    grad_clip: float = Field(0.1, ge=0.0)
+    patience: int = Field(15, ge=1)  # early stopping on validation loss
     aux_loss: bool = True
-    time_budget_s: float = 0.0  # 0 = no wall-clock budget
-    num_workers: int = 0
+    time_budget_s: float = Field(0.0, ge=0.0)  # 0 = no wall-clock budget
+    num_workers: int = Field(0, ge=0)
 
 
 class AugmentConfig(StrictConfig):
@@ -84,19 +84,19 @@ class AugmentConfig(StrictConfig):
     # training only: keep one predicate, drawn at random each time, per (subject, object) pair (official OI loader)
     filter_multiple_rels: bool = False
     scales: PositiveInts = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
-    max_size: int = 1333
+    max_size: int = Field(1333, ge=1)
     crop_scales: PositiveInts = [400, 500, 600]
-    crop_min: int = 384
-    crop_max: int = 600
-    eval_size: int = 800
-    eval_max_size: int = 1333
+    crop_min: int = Field(384, ge=1)
+    crop_max: int = Field(600, ge=1)
+    eval_size: int = Field(800, ge=1)
+    eval_max_size: int = Field(1333, ge=1)
 
 
 class EvalConfig(StrictConfig):
     ks: PositiveInts = [20, 50, 100]
     obj_score: Literal["softmax", "sigmoid"] = "softmax"  # official: softmax at test time
     protocol: Literal["vg", "oi"] = "vg"
-    max_images: int = 0  # 0 = the whole split
+    max_images: int = Field(0, ge=0)  # 0 = the whole split
 
 
 class EgtrConfig(StrictConfig):
@@ -104,7 +104,7 @@ class EgtrConfig(StrictConfig):
     dataset: str = Field("synthetic", pattern=r"^[A-Za-z0-9_]+$")  # also the registry alias scope
     data_dir: str = "data/processed/sgg/synthetic"
     out_dir: str = "outputs/egtr/synthetic"
-    device: str = "auto"
+    device: Device = "auto"
     detector: DetectorConfig = DetectorConfig()
     relation: RelationConfig = RelationConfig()
     loss: LossConfig = LossConfig()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from models.common.config import PositiveInts, StrictConfig
+from models.common.config import Device, PositiveInts, StrictConfig
 
 # the states of the official MeLU data (models.melu.data.STATES; repeated here so the config needs no torch)
 STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
@@ -38,7 +38,7 @@ class MeluTrainConfig(StrictConfig):
     drop_last: bool = True
     init_seed: int = 0
     order_seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/melu"
     resume: bool = True
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.common.config import PositiveInts, StrictConfig
+from models.common.config import Device, PositiveInts, StrictConfig
 
 DATASETS = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
 
@@ -53,7 +53,7 @@ class SeqRecTrainConfig(StrictConfig):
     weight_decay: float = Field(0.0, ge=0)
     init_seed: int = 0
     order_seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/seqrec"
     resume: bool = True
     time_budget_s: float = Field(0.0, ge=0)  # stop after the epoch in which train+validation time reaches it; 0 = none

@@ -2,9 +2,10 @@
 
 Input: a DataFrame, one row per request, with ``history`` (list of item ids 1..N, oldest first) and
 optionally ``k`` (int, default 10). Output: one row per (request, recommended item): ``request``,
-``rank`` (1 = best), ``item_id``, ``score``. Items already in the history are not recommended. An empty history,
-an id outside 1..N (the dataset's items; there is no unknown-item fallback: an item the model never saw has no
-embedding) or a ``k`` outside 1..N is refused with the request index, field and value.
+``rank`` (1 = best), ``item_id``, ``score``, ``fallback``. Items already in the history are not recommended.
+Fallback: ids outside 1..N (items the model never saw have no embedding) are left out of the history and
+``fallback`` says which (empty when none); a history with no known item, a non-integer id or a ``k`` outside
+1..N is refused with the request index, field and value.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class SeqRecPyfunc(PythonModel):
             raise BadRequest("input needs a column 'history' (list of item ids, oldest first)")
         out = []
         for r, rec in enumerate(model_input.to_dict(orient="records")):
-            hist = [as_int(i, r, "history", 1, self.n_items) for i in as_list(rec["history"], r, "history", allow_empty=False)]
+            hist = [as_int(i, r, "history") for i in as_list(rec["history"], r, "history", allow_empty=False)]
+            unknown = [i for i in hist if not 1 <= i <= self.n_items]
+            hist = [i for i in hist if 1 <= i <= self.n_items]
+            if not hist:
+                raise BadRequest(f"request {r}: field 'history': no known item id (ids are 1 to {self.n_items}; got {unknown[:10]})")
+            fallback = f"ignored {len(unknown)} unknown item id(s): {unknown[:10]}" if unknown else ""
             k = rec.get("k")
             k = 10 if k is None or (isinstance(k, float) and math.isnan(k)) else as_int(k, r, "k", 1, self.n_items)
             seq = torch.zeros(1, self.max_len, dtype=torch.long)
@@ -52,5 +58,5 @@ class SeqRecPyfunc(PythonModel):
             scores[torch.as_tensor(hist)] = -math.inf
             top = torch.topk(scores, min(k, self.n_items - len(set(hist))))
             for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
-                out.append({"request": r, "rank": rank, "item_id": int(i), "score": float(s)})
-        return pd.DataFrame(out, columns=["request", "rank", "item_id", "score"])
+                out.append({"request": r, "rank": rank, "item_id": int(i), "score": float(s), "fallback": fallback})
+        return pd.DataFrame(out, columns=["request", "rank", "item_id", "score", "fallback"])
