@@ -165,8 +165,8 @@ def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: 
             result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
     except INTERRUPTS as err:
         code = 130 if type(err) is KeyboardInterrupt else 143
-        print(f"interrupted ({err or 'SIGINT'}): the MLflow run is marked KILLED; the next start resumes from the last "
-              "epoch checkpoint", file=sys.stderr)
+        print(f"interrupted ({'SIGINT' if code == 130 else 'SIGTERM'}): the MLflow run is marked KILLED; the next start "
+              "resumes from the last epoch checkpoint", file=sys.stderr)
         return code
     if args.model_out:
         write_model_bundle(args.model_out, result["bundle"])

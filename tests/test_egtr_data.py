@@ -520,3 +520,25 @@ def test_one_predicate_per_pair_and_ground_truth_dedup(tmp_path):
     plain = SceneGraphDataset(d, "train", AugmentConfig(hflip=False, scales=[80]), train=True)
     assert len(_sample(plain, 1)[1]["rels"]) == 4  # off by default (VG): every triplet is a target
     assert ground_truth(plain, 1)["rels"].tolist() == [[0, 1, 0], [0, 1, 1], [2, 0, 1]]  # the repeat counts once
+
+
+def test_synthetic_scene_params_are_validated_before_anything_is_written(tmp_path):
+    import yaml
+
+    from data.stages.preprocess_sgg import main as preprocess_main
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value, expect in (("trian", 3, r"sgg_data\.synthetic\.trian: unknown key"),
+                               ("train", "many", r"sgg_data\.synthetic\.train: Input should be a valid integer"),
+                               ("max_size", 500, r"sgg_data\.synthetic: min_size <= max_size < size expected \(got 14, 500, 128\)$")):
+        bad = {**raw, "sgg_data": {**raw["sgg_data"], "synthetic": {**raw["sgg_data"]["synthetic"], key: value}}}
+        p = tmp_path / "params.yaml"
+        p.write_text(yaml.safe_dump(bad))
+        from data.stages.preprocess_sgg import synthetic_params
+
+        with pytest.raises(ValueError, match=expect):
+            synthetic_params(p)
+        assert preprocess_main(["--source", "synthetic", "--params", str(p), "--out", str(tmp_path / "out"),
+                                "--metrics", str(tmp_path / "m.json")]) == 1
+        assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()

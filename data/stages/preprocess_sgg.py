@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from data.atomic import atomic_directory
 from models.egtr.schema import SGDataFormatError, SPLITS, dataset_stats, validate_dataset, write_dataset, write_dataset_into
@@ -590,6 +591,30 @@ def convert(source: str, raw: Path, out: Path, val_images: int | None = None, ma
         raise ValueError(f"unknown source {source!r}")
 
 
+class SyntheticScenesParams(BaseModel):
+    """``sgg_data.synthetic`` of params.yaml: the arguments of :func:`data.synthetic_scenes.generate`, validated
+    (unknown keys, wrong types and out-of-range sizes stop before anything is written)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    train: int = Field(2000, ge=1)
+    val: int = Field(200, ge=1)
+    test: int = Field(300, ge=1)
+    size: int = Field(128, ge=16)
+    max_objects: int = Field(4, ge=2)
+    min_size: int = Field(14, ge=2)
+    max_size: int = Field(44, ge=2)
+    num_classes: int = Field(6, ge=2)
+    touch_px: float = Field(2.0, ge=0.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SyntheticScenesParams":
+        if not self.min_size <= self.max_size < self.size:
+            raise ValueError(f"min_size <= max_size < size expected (got {self.min_size}, {self.max_size}, {self.size})")
+        return self
+
+
 def synthetic_params(params_path: Path) -> dict:
     """The ``sgg_data.synthetic`` section of params.yaml (arguments of :func:`data.synthetic_scenes.generate`)."""
     import yaml
@@ -597,7 +622,14 @@ def synthetic_params(params_path: Path) -> dict:
     section = (yaml.safe_load(params_path.read_text()) or {}).get("sgg_data", {}).get("synthetic")
     if not isinstance(section, dict):
         raise ValueError(f"{params_path}: section sgg_data.synthetic is missing")
-    return section
+    try:
+        return SyntheticScenesParams.model_validate(section).model_dump()
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(["sgg_data.synthetic", *[str(p) for p in e["loc"]]])
+        msg = e["msg"].removeprefix("Value error, ")
+        what = "unknown key" if e["type"] == "extra_forbidden" else msg if not e["loc"] else f"{msg} (got {e.get('input')!r})"
+        raise ValueError(f"{params_path}: {key}: {what}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
