@@ -17,7 +17,7 @@ from prefect.exceptions import TerminationSignal
 from data.atomic import atomic_directory
 from data.download import sha256_file
 from models.common import tracking
-from models.common.registry import aliases
+from models.common.registry import aliases, scope_of
 
 
 # what an interrupted run raises: SIGINT (KeyboardInterrupt), SIGTERM outside a flow (flows.runtime.Interrupted, a
@@ -85,9 +85,9 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: s
         tracking.client().set_terminated(run_id, status=status)
 
 
-def register_once(name: str, run_id: str, weights: str | Path, log_model: Callable[[], str], gate_metric: str,
-                  gate_value: float, mode: str, scope: str | None = None) -> dict:
-    """Log and register the model unless a version with the same weights (sha256) is already registered.
+def register_once(bundle: dict, run_id: str, log_model: Callable[[], str]) -> dict:
+    """Log and register the bundle's model (:func:`model_bundle`: name, gate, alias scope and weights sha256 come
+    from its card) unless a version with the same weights is already registered.
 
     Re-running an unchanged configuration reuses its finished checkpoint and so produces the same weights: the
     registry then gets nothing new (the run is tagged with the version it found), which makes registration
@@ -95,7 +95,9 @@ def register_once(name: str, run_id: str, weights: str | Path, log_model: Callab
     """
     from tasks.registry import find_version_by_weights, register_and_promote
 
-    sha = sha256_file(Path(weights))
+    card = bundle["card"]
+    name, sha = card["registered_model"], card["weights_sha256"]
+    scope = scope_of(card["champion_alias"])
     found = find_version_by_weights(name, sha)
     if found is not None:
         c = tracking.client()
@@ -103,7 +105,8 @@ def register_once(name: str, run_id: str, weights: str | Path, log_model: Callab
         c.set_tag(run_id, "registry.reused", "true")
         print(f"{name} v{found} already holds these weights (sha256 {sha[:12]}): nothing registered")
         return {"model": name, "scope": scope, "candidate_version": found, "reused": True, "promoted": False}
-    return register_and_promote(log_model(), name, run_id, gate_metric, gate_value, mode, scope=scope, weights_sha256=sha)
+    return register_and_promote(log_model(), name, run_id, card["gate_metric"], card["gate_value"], card["gate_mode"],
+                                scope=scope, weights_sha256=sha)
 
 
 def model_bundle(weights: str | Path, stage: str, registered_model: str | None, gate_metric: str, gate_value: float,

@@ -58,9 +58,8 @@ def dissan_flow(params_path: str = "params.yaml", overrides: dict | None = None,
         result["bundle"] = model_bundle(trained["weights"], stage, "dissan" if registers else None, GATE_METRIC, gate, "max",
                                         scope=dataset)
         if registers:
-            result["registry"] = register_once("dissan", run_id, trained["weights"],
-                                               lambda: log_dissan_model(run_id, trained["weights"], trained["meta"]),
-                                               GATE_METRIC, gate, "max", scope=dataset)
+            result["registry"] = register_once(result["bundle"], run_id,
+                                               lambda: log_dissan_model(run_id, trained["weights"], trained["meta"]))
         return result
 
 

@@ -116,9 +116,8 @@ def egtr_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         result["bundle"] = model_bundle(trained["weights"], f"train_egtr@{cfg.dataset}", "egtr" if register_model else None,
                                         GATE_METRIC, result[GATE_METRIC], "max", scope=cfg.dataset)
         if register_model:
-            result["registry"] = register_once("egtr", run_id, trained["weights"],
-                                               lambda: log_egtr_model(run_id, trained["weights"], example_image(cfg)),
-                                               GATE_METRIC, result[GATE_METRIC], "max", scope=cfg.dataset)
+            result["registry"] = register_once(result["bundle"], run_id,
+                                               lambda: log_egtr_model(run_id, trained["weights"], example_image(cfg)))
         return result
 
 

@@ -41,9 +41,8 @@ def melu_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
                   "bundle": model_bundle(trained["weights"], "train_melu", r.model_name if register_model else None,
                                          r.gate_metric, metrics[r.gate_metric], r.gate_mode)}
         if register_model:
-            result["registry"] = register_once(r.model_name, run_id, trained["weights"],
-                                               lambda: log_melu_model(params_path, overrides, run_id, trained["weights"]),
-                                               r.gate_metric, metrics[r.gate_metric], r.gate_mode)
+            result["registry"] = register_once(result["bundle"], run_id,
+                                               lambda: log_melu_model(params_path, overrides, run_id, trained["weights"]))
         return result
 
 

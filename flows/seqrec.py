@@ -58,9 +58,8 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
         result["bundle"] = model_bundle(trained["weights"], f"train_seqrec@{variant}-{dataset}", name if registers else None,
                                         GATE_METRIC, gate, "max", scope=dataset.lower())
         if registers:
-            result["registry"] = register_once(name, run_id, trained["weights"],
-                                               lambda: log_seqrec_model(params_path, overrides, run_id, trained["weights"]),
-                                               GATE_METRIC, gate, "max", scope=dataset.lower())
+            result["registry"] = register_once(result["bundle"], run_id,
+                                               lambda: log_seqrec_model(params_path, overrides, run_id, trained["weights"]))
         return result
 
 

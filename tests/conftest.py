@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,10 +27,7 @@ if MIRROR:
     os.environ["DATA_MIRROR"] = MIRROR
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from flows.runtime import free_port  # noqa: E402  (the one helper; tests import it from here)
 
 
 def mirror_dir(name: str) -> Path:

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from data.atomic import atomic_directory
+from models.common.config import StrictConfig, validate
 from models.egtr.schema import SGDataFormatError, SPLITS, dataset_stats, validate_dataset, write_dataset, write_dataset_into
 
 BOX_SCALE = 1024  # Neural-Motifs / SGB: boxes_1024 are stored at this longest-side scale
@@ -591,11 +592,9 @@ def convert(source: str, raw: Path, out: Path, val_images: int | None = None, ma
         raise ValueError(f"unknown source {source!r}")
 
 
-class SyntheticScenesParams(BaseModel):
+class SyntheticScenesParams(StrictConfig):
     """``sgg_data.synthetic`` of params.yaml: the arguments of :func:`data.synthetic_scenes.generate`, validated
     (unknown keys, wrong types and out-of-range sizes stop before anything is written)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     train: int = Field(2000, ge=1)
     val: int = Field(200, ge=1)
@@ -622,14 +621,7 @@ def synthetic_params(params_path: Path) -> dict:
     section = (yaml.safe_load(params_path.read_text()) or {}).get("sgg_data", {}).get("synthetic")
     if not isinstance(section, dict):
         raise ValueError(f"{params_path}: section sgg_data.synthetic is missing")
-    try:
-        return SyntheticScenesParams.model_validate(section).model_dump()
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(["sgg_data.synthetic", *[str(p) for p in e["loc"]]])
-        msg = e["msg"].removeprefix("Value error, ")
-        what = "unknown key" if e["type"] == "extra_forbidden" else msg if not e["loc"] else f"{msg} (got {e.get('input')!r})"
-        raise ValueError(f"{params_path}: {key}: {what}") from None
+    return validate(SyntheticScenesParams, section, source=str(params_path), section="sgg_data.synthetic").model_dump()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,15 @@ def aliases(scope: str | None = None) -> tuple[str, str]:
     return f"{CHAMPION}_{scope.lower()}", f"{CHALLENGER}_{scope.lower()}"
 
 
+def scope_of(champion_alias: str) -> str | None:
+    """The scope an alias from :func:`aliases` was made for (``champion_sick`` -> ``sick``; ``champion`` -> None)."""
+    if champion_alias == CHAMPION:
+        return None
+    if not champion_alias.startswith(f"{CHAMPION}_"):
+        raise ValueError(f"not a champion alias: {champion_alias!r}")
+    return champion_alias[len(CHAMPION) + 1:]
+
+
 def promote(name: str, version: str | int, gate_metric: str, gate_value: float, mode: str, lock_timeout: float = 600,
             scope: str | None = None) -> dict:
     """Set ``challenger`` on ``version`` and move ``champion`` to it if it beats the current champion.
