@@ -1,5 +1,5 @@
 """Sequential-recommendation flow, parameterised by model (fanc | gru4rec | sasrec) and dataset:
-train (early stopping on validation NDCG@10, optional time budget) -> test evaluation -> FaNC gate and
+train (early stopping on validation NDCG@10 under a fixed maximum of epochs) -> test evaluation -> FaNC gate and
 trajectory analysis -> metrics file -> log model -> register.
 
 The registered model is named after the model (``fanc``, ``gru4rec``, ``sasrec``) and gated per dataset:
@@ -23,7 +23,7 @@ from models.common import tracking
 from models.common.config import load_section
 from models.seqrec.config import ABLATIONS, VARIANTS, SeqRecConfig, variant_of
 from models.seqrec.metrics import FULL
-from models.seqrec.recipe import GATE_METRIC
+from models.seqrec.recipe import GATE_METRIC, stop_rule
 from tasks.data import ensure_data
 from tasks.seqrec import analyze_fanc, evaluate_seqrec, log_seqrec_model, train_seqrec
 
@@ -38,7 +38,8 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
         ensure_data(DATA_TARGETS)
     name, dataset, variant = cfg.model.name, cfg.data.dataset, variant_of(cfg)
     tags = run_tags(name, ["data/raw/s3rec_sequences", cfg.data.processed_dir], stage=f"train_seqrec@{variant}-{dataset}")
-    tags.update({"dataset": dataset, "variant": variant, "reconstruction": str(name == "fanc").lower()})
+    tags.update({"dataset": dataset, "variant": variant, "reconstruction": str(name == "fanc").lower(),
+                 "reproducible": str(stop_rule(cfg).reproducible).lower()})
     with tracked_run(f"seqrec-{dataset}", f"{variant}-{dataset}", tags, "seqrec", cfg) as run_id:
         out_dir = str(Path("outputs") / "seqrec" / run_id)
         trained = train_seqrec(params_path, overrides, run_id, out_dir)
@@ -48,7 +49,7 @@ def seqrec_flow(params_path: str = "params.yaml", overrides: dict | None = None,
             "run_id": run_id, "model": name, "variant": variant, "dataset": dataset,
             "label": "FaNC (reconstruction)" if name == "fanc" else name,
             "protocol": FULL if cfg.eval.protocol == "full" else f"sampled: {cfg.eval.n_negatives} negatives (not comparable to full ranking)",
-            "mask_history": cfg.eval.mask_history, "time_budget_s": cfg.train.time_budget_s,
+            "mask_history": cfg.eval.mask_history, "stopping": trained["stopping"],
             "best_valid": trained["best_valid"], "test": metrics, "epochs": trained["epochs"],
             "training": trained["training"], "fanc_analysis": analysis,
         }

@@ -99,10 +99,8 @@ def run_ours(args: argparse.Namespace) -> int:
 
     train_s = [h["train_seconds"] for h in history]
     valid_s = [h["valid_seconds"] for h in history]
-    best = int(np.argmax([h[recipe.GATE_METRIC] for h in history]))
-    total = sum(train_s) + sum(valid_s)
-    stop_reason = ("time_budget" if args.budget_s > 0 and total >= args.budget_s
-                   else "early_stopping" if len(history) < args.max_epochs else "max_epochs")
+    rule = recipe.stop_rule(cfg)
+    best, stop_reason = rule.best_index(history), rule.reason(history)
     mean_train = sum(train_s) / len(train_s)
     epochs = [{"epoch": i + 1, **h, "users_per_s": n_users / h["train_seconds"], "targets_per_s": n_targets / h["train_seconds"]}
               for i, h in enumerate(history)]

@@ -2,8 +2,9 @@
 
 Reads the per-run metric files of the ``train_seqrec`` DVC stages (metrics/seqrec/<variant>-<dataset>.json)
 and writes a Markdown table, the same numbers as JSON, and a bar chart of test NDCG@10. FaNC rows are
-labelled "FaNC (reconstruction)"; the protocol (full ranking unless a file says otherwise) and the time
-budget are printed with the table.
+labelled "FaNC (reconstruction)"; the protocol (full ranking unless a file says otherwise) and the stopping
+rule are printed with the table, with each run's best epoch and what stopped it (a run under an exploration
+time budget is flagged as not reproducible).
 
     python scripts/seqrec_table.py --metrics-dir metrics/seqrec --out docs/seqrec_table --plot plots/seqrec/summary.png
 """
@@ -45,7 +46,9 @@ def collect(metrics_dir: Path) -> list[dict]:
                 "dataset": dataset, "variant": variant, "label": LABELS[variant], "protocol": r["protocol"],
                 **{c: r["test"][f"test_{c}"] for c in COLS},
                 "valid_ndcg_at_10": r["best_valid"]["valid_ndcg_at_10"], "epochs": r["epochs"],
-                "stopped_by": r["training"]["stopped_by"], "time_budget_s": r["time_budget_s"],
+                "best_epoch": r["stopping"]["best_epoch"], "stopped_by": r["stopping"]["stopped_by"],
+                "patience": r["stopping"]["patience"], "max_epochs": r["stopping"]["max_epochs"],
+                "reproducible": r["stopping"]["reproducible"],
                 "gate_mean_last": (r.get("fanc_analysis") or {}).get("gate_mean_last"),
                 "clip_fraction": (r.get("fanc_analysis") or {}).get("clip_fraction"),
             })
@@ -54,11 +57,16 @@ def collect(metrics_dir: Path) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     protocols = sorted({r["protocol"] for r in rows})
-    budgets = sorted({r["time_budget_s"] for r in rows})
+    rules = sorted({(r["patience"], r["max_epochs"]) for r in rows})
     out = [f"Test split, protocol: {'; '.join(protocols)}; already-seen items not masked. "
-           f"Time budget per run (train + validation): {', '.join(f'{b:g} s' for b in budgets)} on a 2-core CPU. "
+           f"Stopping: early stopping on validation NDCG@10 (patience {', '.join(str(p) for p, _ in rules)}) under at most "
+           f"{', '.join(str(m) for _, m in rules)} epochs; the test numbers are the best validation epoch's. "
            "FaNC is a reconstruction from the paper's abstract (spec fanc.md), not the authors' model.", ""]
-    head = ["dataset", "model", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "valid NDCG@10", "epochs"]
+    exploratory = [f"{r['label']} on {r['dataset']}" for r in rows if not r["reproducible"]]
+    if exploratory:
+        out[0] += f" Not reproducible (stopped by an exploration time budget, machine-dependent): {', '.join(exploratory)}."
+    head = ["dataset", "model", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "valid NDCG@10", "best epoch / run",
+            "stopped by"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ds in DATASETS:
         sub = [r for r in rows if r["dataset"] == ds]
@@ -67,7 +75,8 @@ def markdown(rows: list[dict]) -> str:
         best = {c: max(r[c] for r in sub) for c in COLS}
         for r in sub:
             cells = [f"**{r[c]:.4f}**" if r[c] == best[c] else f"{r[c]:.4f}" for c in COLS]
-            out.append("| " + " | ".join([ds, r["label"], *cells, f"{r['valid_ndcg_at_10']:.4f}", str(r["epochs"])]) + " |")
+            out.append("| " + " | ".join([ds, r["label"], *cells, f"{r['valid_ndcg_at_10']:.4f}",
+                                          f"{r['best_epoch']} / {r['epochs']}", r["stopped_by"].replace("_", " ")]) + " |")
     gates = [r for r in rows if r["gate_mean_last"] is not None]
     if gates:
         out += ["", "FaNC gate (mean over d of g in h = g*c + (1-g)*u; 1 = conscious) at the last step of the test inputs, "

@@ -41,7 +41,7 @@ def _load(cfg: SeqRecConfig, weights: str):
 
 @task(retries=1, retry_delay_seconds=5)
 def train_seqrec(params_path: str, overrides: dict, run_id: str, out_dir: str) -> dict:
-    """Train with early stopping; per-epoch metrics to ``run_id``; returns the best weights' path."""
+    """Train until the stopping rule; per-epoch metrics to ``run_id``; returns the best weights' path and why it stopped."""
     cfg = _cfg(params_path, overrides)
     log_epoch = tracking.EpochLogger(run_id)
     model, history = recipe.train(cfg, on_epoch_end=[log_epoch])
@@ -57,12 +57,11 @@ def train_seqrec(params_path: str, overrides: dict, run_id: str, out_dir: str) -
         "train_seq_per_s": sum(h["train_seq_per_s"] for h in history) / len(history),
         "train_targets_per_s": sum(h["train_targets_per_s"] for h in history) / len(history),
         "valid_eval_seconds_per_epoch": sum(h["valid_seconds"] for h in history) / len(history),
-        "stopped_by": "time_budget" if cfg.train.time_budget_s and sum(h["train_seconds"] + h["valid_seconds"] for h in history) >= cfg.train.time_budget_s
-        else "early_stopping" if len(history) < cfg.train.epochs else "max_epochs",
     }
     if "clip_fraction" in history[-1]:
         budget["train_clip_fraction_last_epoch"] = history[-1]["clip_fraction"]
-    return {"weights": str(weights), "epochs": len(history), "best_valid": best, "training": budget}
+    return {"weights": str(weights), "epochs": len(history), "best_valid": best, "training": budget,
+            "stopping": recipe.stop_rule(cfg).summary(history)}
 
 
 @task

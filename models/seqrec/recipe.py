@@ -6,10 +6,11 @@ Features:
 - early stopping on validation NDCG@10 with ``patience``; the best epoch's weights are kept in
   ``best.pt`` beside the epoch checkpoints (atomic writes), and a resumed run stops where an
   uninterrupted one would;
-- an optional wall-clock budget (``train.time_budget_s``): training stops after the epoch in which the
-  summed train + validation seconds of all epochs (kept in the checkpointed history, so resumes count
-  them) reach it; the per-epoch seconds, training throughput (sequences/s, targets/s) and, for FaNC,
-  the share of steps whose gravitational acceleration was clipped are part of the history;
+- the stopping rule is :class:`models.common.stopping.StopRule` (patience on validation NDCG@10 under
+  ``train.epochs``); a wall-clock budget (``train.time_budget_s`` > 0, summed train + validation seconds
+  of the checkpointed history) is an exploration option only: the run is then marked not reproducible;
+- the per-epoch seconds, training throughput (sequences/s, targets/s) and, for FaNC, the share of steps
+  whose gravitational acceleration was clipped are part of the history;
 - evaluation by full ranking (default) or the sampled-negatives protocol (labelled), HR/NDCG@K and MRR.
 
 Raises:
@@ -25,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.common.checkpoint import atomic_torch_save, check_finite, load_checkpoint, run_epochs
 from models.common.seed import generator, select_device, set_seed
+from models.common.stopping import StopRule
 from models.seqrec.config import SeqRecConfig
 from models.seqrec.data import EvalSplit, LeaveOneOut, leave_one_out, load_sequences
 from models.seqrec.metrics import ranking_metrics, ranks_from_scores, sampled_ranks
@@ -69,14 +70,10 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device
     return ranking_metrics(torch.cat(ranks), ks or cfg.eval.ks)
 
 
-def early_stop(patience: int, time_budget_s: float = 0.0) -> Callable[[list[dict[str, float]]], bool]:
-    """Stop after ``patience`` epochs without a better validation NDCG@10, or once the budget is spent."""
-    def should_stop(history: list[dict[str, float]]) -> bool:
-        scores = [h[GATE_METRIC] for h in history]
-        best = int(np.argmax(scores))
-        spent = sum(h.get("train_seconds", 0.0) + h.get("valid_seconds", 0.0) for h in history)
-        return len(scores) - 1 - best >= patience or (time_budget_s > 0 and spent >= time_budget_s)
-    return should_stop
+def stop_rule(cfg: SeqRecConfig) -> StopRule:
+    """Early stopping on validation NDCG@10 with ``train.patience`` under ``train.epochs`` (+ exploration budget)."""
+    t = cfg.train
+    return StopRule(GATE_METRIC, "max", t.patience, t.epochs, t.time_budget_s)
 
 
 def train(
@@ -138,6 +135,6 @@ def train(
 
     history = run_epochs(model=model, optimizer=opt, epochs=t.epochs, ckpt_dir=ckpt_dir, fingerprint=fingerprint(cfg),
                          seed=t.init_seed, train_epoch=train_epoch, on_epoch_end=on_epoch_end,
-                         should_stop=early_stop(t.patience, t.time_budget_s), resume=t.resume, progress=progress)
+                         should_stop=stop_rule(cfg), resume=t.resume, progress=progress)
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     return model, history
