@@ -34,15 +34,16 @@ VARIANTS = {
     "synthetic": {},
     # 61 real VRD photos, train = val = test: a fit check, not a benchmark (100 classes, 70 predicates). Train and
     # evaluation see the same picture (one size, no flip, no crop), so the question is only whether the model can
-    # memorise them; small images and batch 2 buy as many updates as the ~40-minute CPU budget allows.
+    # memorise them; small images and batch 2 buy many updates in ~40 minutes of the 2-core CPU. No early stopping
+    # (patience above the epochs): a fixed number of epochs, so the result does not depend on the machine.
     "vrd_sample": {"dataset": "vrd_sample", "data_dir": "data/processed/sgg/vrd_sample", "out_dir": "outputs/egtr/vrd_sample",
                    "detector.num_queries": 40, "augment.hflip": False, "augment.flip_swap": [],
                    "augment.random_crop": False, "augment.scales": [192], "augment.max_size": 320,
                    "augment.eval_size": 192, "augment.eval_max_size": 320,
                    "pretrain.batch_size": 2, "pretrain.epochs": 110, "pretrain.finetune_epochs": 20,
-                   "pretrain.patience": 1000, "pretrain.time_budget_s": 1800.0,
+                   "pretrain.patience": 1000,
                    "sgg.batch_size": 2, "sgg.epochs": 40, "sgg.finetune_epochs": 10,
-                   "sgg.patience": 1000, "sgg.time_budget_s": 720.0},
+                   "sgg.patience": 1000},
     # Open Images V6 (PySGG files via preprocess_sgg --source openimages; not in the mirror): the official OI
     # settings, connectivity weight 90, random non-matching sampling, one predicate per pair per sample, OI metrics
     "openimages": {"dataset": "openimages", "data_dir": "data/processed/sgg/openimages", "out_dir": "outputs/egtr/openimages",
@@ -54,6 +55,11 @@ VARIANTS = {
 def _is_synthetic(cfg: EgtrConfig) -> bool:
     meta = Path(cfg.data_dir) / "meta.json"
     return bool(json.loads(meta.read_text()).get("synthetic")) if meta.exists() else False
+
+
+def reproducible(cfg: EgtrConfig) -> bool:
+    """False when a stage stops on an exploration wall-clock budget (its epochs then depend on the machine)."""
+    return not (cfg.pretrain.time_budget_s or cfg.sgg.time_budget_s)
 
 
 def data_target(cfg: EgtrConfig) -> str:
@@ -69,12 +75,13 @@ def egtr_pretrain_flow(params_path: str = "params.yaml", overrides: dict | None 
     if sync_data:
         ensure_data([data_target(cfg)])
     tags = run_tags("egtr", [cfg.data_dir], stage=None) | {"dataset": cfg.dataset, "stage": "pretrain",
-                                                            "synthetic": str(_is_synthetic(cfg)).lower()}
+                                                            "synthetic": str(_is_synthetic(cfg)).lower(),
+                                                            "reproducible": str(reproducible(cfg)).lower()}
     with tracked_run(f"egtr-{cfg.dataset}", f"pretrain-{cfg.dataset}", tags, "egtr", cfg) as run_id:
         trained = train_egtr_stage(params_path, overrides, run_id, "pretrain")
         det = evaluate_detector(params_path, overrides, run_id, trained["weights"], "val")
         result = {"run_id": run_id, "weights": trained["weights"], "epochs_run": trained["epochs_run"],
-                  "stopped_by": trained["stopped_by"], "seconds": trained["seconds"], **det}
+                  "stopped_by": trained["stopped_by"], "reproducible": reproducible(cfg), "seconds": trained["seconds"], **det}
         tracking.write_metrics(Path(cfg.metrics_dir) / f"{cfg.dataset}-pretrain.json", result, run_id)
         return result
 
@@ -92,7 +99,8 @@ def egtr_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         detector = egtr_pretrain_flow(params_path, overrides, sync_data=False) | {"source": "egtr-pretrain subflow"}
     synthetic = _is_synthetic(cfg)
     tags = run_tags("egtr", [cfg.data_dir], stage=f"train_egtr@{cfg.dataset}") | {
-        "dataset": cfg.dataset, "stage": "sgg", "synthetic": str(synthetic).lower(), "detector": detector["weights"]}
+        "dataset": cfg.dataset, "stage": "sgg", "synthetic": str(synthetic).lower(), "detector": detector["weights"],
+        "reproducible": str(reproducible(cfg)).lower()}
     with tracked_run(f"egtr-{cfg.dataset}", f"sgg-{cfg.dataset}", tags, "egtr", cfg) as run_id:
         trained = train_egtr_stage(params_path, overrides, run_id, "sgg", init_from=detector["weights"])
         val = evaluate_egtr(params_path, overrides, run_id, trained["weights"], "val", ["egtr"])
@@ -103,6 +111,7 @@ def egtr_flow(params_path: str = "params.yaml", overrides: dict | None = None, s
         result = {
             "run_id": run_id, "dataset": cfg.dataset, "synthetic": synthetic, "detector": detector,
             "sgg_epochs_run": trained["epochs_run"], "sgg_stopped_by": trained["stopped_by"], "sgg_seconds": trained["seconds"],
+            "reproducible": reproducible(cfg),
             "val_R_at_50": val["egtr"]["R_at_50"],
             "test": {k: test["egtr"][k] for k in keys if k in test["egtr"]},
             "test_untrained_head": {k: test["untrained_head"][k] for k in ("R_at_20", "R_at_50", "R_at_100", "mR_at_50")},

@@ -223,11 +223,13 @@ def test_finetuning_always_runs_from_the_main_fits_best_weights(tmp_path):
     raw["pretrain"] = {**raw["pretrain"], "time_budget_s": 0.0, "patience": 100}
     full = train_stage(EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "b")}), "pretrain", progress=False)
     assert [h["lr_factor"] for h in full["history"]] == [1.0, 1.0, 1.0, 0.1, 0.1]
+    assert full["stopped_by"] == "main: max_epochs; finetune: max_epochs"
     cfg_c = EgtrConfig.model_validate({**raw, "out_dir": str(tmp_path / "c")})
     train_stage(cfg_c, "pretrain", progress=False)
     (stage_dir(cfg_c, "pretrain") / "finetune_checkpoints" / "epoch-0002.pt").unlink()
     resumed = train_stage(cfg_c, "pretrain", progress=False)
     assert [h["val_loss"] for h in resumed["history"]] == pytest.approx([h["val_loss"] for h in full["history"]], rel=1e-5)
+    assert resumed["stopped_by"] == full["stopped_by"]  # the reason is read from the history, also after a resume
 
 
 def test_evaluate_with_the_open_images_protocol(tmp_path):

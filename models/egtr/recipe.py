@@ -6,10 +6,12 @@ kept. Each stage is two fits, as the official ``train_egtr.py`` / ``pretrain_det
 base rates with early stopping (``patience``), then -- always -- fine-tuning: the main fit's best weights, a fresh
 AdamW at 0.1x every rate, at most ``finetune_epochs`` epochs with its own early stopping; the fine-tuning fit's best
 weights are the stage's result (``best.pt``; the main fit's are in ``best_main.pt``, which is the result when
-``finetune_epochs`` is 0). Gradient clipping at
-``grad_clip`` (max norm), gradient accumulation ``grad_accum``. An optional budget of training time
-(``time_budget_s``, summed epoch times, so a resumed run stops where an uninterrupted one would) is shared by the
-two fits in proportion to their epochs; a fit ends after the epoch that crosses its share.
+``finetune_epochs`` is 0). Gradient clipping at ``grad_clip`` (max norm), gradient accumulation ``grad_accum``.
+Stopping is the shared :class:`models.common.stopping.StopRule` (validation loss, ``patience``, at most the fit's
+epochs), and each fit reports what stopped it. A budget of training time (``time_budget_s`` > 0, summed epoch
+times, so a resumed run stops where an uninterrupted one would; shared by the two fits in proportion to their
+epochs) is an exploration option only: the epochs it allows depend on the machine, so the run is marked not
+reproducible.
 
 Checkpoint files carry their type: ``kind: "detector"`` (stage 0) or ``kind: "egtr"`` (stage 1). Loading an EGTR
 model from a detector file (or the reverse) fails with a message that says which is which (naver-ai/egtr #5).
@@ -22,13 +24,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.common.checkpoint import atomic_torch_save, check_finite, latest_checkpoint, run_epochs
 from models.common.seed import select_device, set_seed
+from models.common.stopping import StopRule
 from models.egtr.config import EgtrConfig, StageConfig
 from models.egtr.data import SceneGraphDataset, collate, fg_matrix
 from models.egtr.losses import HungarianMatcher, total_loss
@@ -172,7 +174,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         """One fit: ``epochs`` at ``factor`` x the base rates, its own checkpoints, best weights and early stopping."""
         optimizer = make_optimizer(factor)
         ckpt_dir = run_dir / ("checkpoints" if phase == "main" else "finetune_checkpoints")
-        state = {"best": math.inf, "stopped_by": "epochs"}
+        state = {"best": math.inf}
         if best_path.exists():
             if latest_checkpoint(ckpt_dir) is None:
                 best_path.unlink()  # a fresh run: never keep the best weights of an older one
@@ -215,16 +217,11 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
                            {"epoch": global_epoch + 1, "phase": phase, "val_loss": state["best"]})
             return metrics
 
+        # training time only (sum of epoch times), so a resumed run stops where an uninterrupted one would
+        rule = StopRule("val_loss", "min", sc.patience, epochs, budget_s, time_keys=("epoch_s",))
+
         def should_stop(history: list[dict[str, float]]) -> bool:
-            losses = [h["val_loss"] for h in history]
-            if len(losses) - 1 - int(np.argmin(losses)) >= sc.patience:
-                state["stopped_by"] = "early_stopping"
-                return True
-            # training time only (sum of epoch times), so a resumed run stops where an uninterrupted one would
-            if budget_s and spent_s + sum(h["epoch_s"] for h in history) >= budget_s:
-                state["stopped_by"] = "time_budget"
-                return True
-            return False
+            return rule.reason(history, spent_s) is not None
 
         callbacks = [lambda e, m, cb=cb: cb(epoch_offset + e, m) for cb in on_epoch_end]
         history = run_epochs(model=model, optimizer=optimizer, epochs=epochs, ckpt_dir=ckpt_dir,
@@ -233,7 +230,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         if history and not best_path.exists():  # resumed after the last epoch: rebuild from the final weights
             save_model(best_path, model, cfg, kind, categories, predicates,
                        {"epoch": epoch_offset + len(history), "phase": phase})
-        return history, state["stopped_by"]
+        return history, (rule.reason(history, spent_s) or "interrupted") if history else "no epochs"
 
     start = time.monotonic()
     main_best = run_dir / "best_main.pt"
