@@ -128,7 +128,7 @@ def generate(out_dir: str | Path, train: int = 2000, val: int = 200, test: int =
              seed: int = 0) -> Path:
     """Write a synthetic dataset (images + train/val/test.json + rel.json + meta.json) atomically."""
     from data.atomic import atomic_directory
-    from models.egtr.schema import write_dataset_into
+    from data.sgg_schema import write_dataset_into
 
     if not 2 <= num_classes <= len(SHAPES):
         raise ValueError(f"synthetic.num_classes: expected 2..{len(SHAPES)} (got {num_classes})")

@@ -1,12 +1,10 @@
-"""Shared pieces of every model flow: environment defaults, run tags, CLI overrides."""
+"""Shared pieces of the model flow (:mod:`flows.model`): environment defaults, run tags, tracked MLflow runs, the
+model bundle of a train stage and idempotent registration."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -128,52 +126,3 @@ def write_model_bundle(out_dir: str | Path, bundle: dict) -> Path:
         shutil.copyfile(bundle["weights"], tmp / "model.pt")
         tracking.atomic_write_json(tmp / "model.json", bundle["card"])
     return Path(out_dir)
-
-
-def run_cli(flow_fn: Callable[..., dict], description: str, example: str, argv: list[str] | None = None,
-            presets: dict[str, dict] | None = None, config: tuple[type, str] | None = None) -> int:
-    """The command line of every model flow: --params, --set KEY=VALUE, --sync-data, --no-register, --record,
-    and ``--variant NAME`` when the flow has named override presets (applied before --set).
-
-    ``config`` = (config class, params section): the configuration is validated before anything starts (no
-    Prefect server, no data loaded); a mistake exits with status 2 and one line per problem naming its source
-    (the file or the ``--set`` override), the key and the expectation, without a traceback."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--params", default="params.yaml")
-    if presets:
-        ap.add_argument("--variant", choices=sorted(presets), help="a named set of overrides: " +
-                        "; ".join(f"{k} = {v}" for k, v in presets.items()))
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"override a key of the model's params section, e.g. {example}")
-    ap.add_argument("--sync-data", action="store_true", help="run dvc pull/repro for the data first (not from a DVC stage)")
-    ap.add_argument("--no-register", action="store_true")
-    ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
-    ap.add_argument("--model-out", help="write the final weights and model card to this folder (the DVC stage's output)")
-    args = ap.parse_args(argv)
-    overrides = dict(presets[args.variant]) if presets and args.variant else {}
-    overrides.update(parse_overrides(args.overrides))
-    if config is not None:
-        from models.common.config import ConfigError, load_section
-
-        try:
-            load_section(config[0], config[1], args.params, overrides)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    configure_environment()
-    from flows.runtime import interrupts_raise, prefect_server
-
-    try:
-        with interrupts_raise(), prefect_server():
-            result = flow_fn(args.params, overrides, args.sync_data, not args.no_register)
-    except INTERRUPTS as err:
-        code = 130 if type(err) is KeyboardInterrupt else 143
-        print(f"interrupted ({'SIGINT' if code == 130 else 'SIGTERM'}): the MLflow run is marked KILLED; the next start "
-              "resumes from the last epoch checkpoint", file=sys.stderr)
-        return code
-    if args.model_out:
-        write_model_bundle(args.model_out, result["bundle"])
-    if args.record:
-        tracking.atomic_write_json(args.record, result)
-    print(json.dumps(result, indent=2, default=str))
-    return 0

@@ -37,7 +37,7 @@ WALK: dict[str, tuple[str, str]] = {
     "prefect worker start --pool gpu": ("covered", "tests/test_prefect_deploy.py starts it against the test server and stops it"),
     "make serve MODEL=models:/melu@champion PORT=5001": ("serve", "PORT=<free port>"),
     "curl -s 127.0.0.1:5001/invocations": ("run", "against the server above"),
-    "python -m flows.seqrec --variant sasrec --set data.dataset=Yelp --set train.time_budget_s=0": (
+    "python -m flows.model seqrec --variant sasrec --set data.dataset=Yelp": (
         "skip", "trains SASRec on Yelp until early stopping: tens of minutes on 2 cores"),
     "dvc repro train_seqrec@fanc-Beauty": ("run", ""),
     "make serve MODEL=models:/fanc@champion_beauty PORT=5002": ("serve", "PORT=<free port>"),
@@ -47,12 +47,12 @@ WALK: dict[str, tuple[str, str]] = {
     "python scripts/dissan_benchmark.py": ("skip", "a benchmark at paper sizes: minutes of CPU time, results in docs/results.md"),
     "python -m data.stages.download --dataset snli_official": ("skip", "the SNLI train split is not in the mirror (official URL, no internet in CI)"),
     "python -m data.stages.download --dataset glove_840b_300d": ("skip", "GloVe 840B (2 GB) is not in the mirror"),
-    "python -m flows.dissan --set data.dataset=snli --set data.vectors=data/raw/glove_840b_300d/glove.840B.300d.zip": (
+    "python -m flows.model dissan --set data.dataset=snli --set data.vectors=data/raw/glove_840b_300d/glove.840B.300d.zip": (
         "skip", "needs the two downloads above"),
     "make serve MODEL=models:/dissan@champion_sick PORT=5003": ("serve", "PORT=<free port>"),
     "curl -s 127.0.0.1:5003/invocations": ("run", "against the server above"),
     "python -m data.stages.preprocess_sgg --source vg150_h5": ("skip", "the VG150 h5 files are not in the mirror"),
-    "python -m flows.egtr --set dataset=vg150": ("skip", "needs the VG150 conversion above and GPU-days at paper sizes"),
+    "python -m flows.model egtr --set dataset=vg150": ("skip", "needs the VG150 conversion above and GPU-days at paper sizes"),
     "dvc repro train_egtr@synthetic": ("run", "up to date in the copy (trained with tiny settings)"),
     "dvc repro train_egtr@vrd_sample": ("skip", "the VRD fit check: about 40 minutes"),
     "python scripts/egtr_benchmark.py": ("skip", "a benchmark at paper sizes (600 x 1000 images): minutes per image batch"),

@@ -120,17 +120,17 @@ def test_a_file_error_names_the_file_and_an_override_error_names_the_override(tm
         load_section(MeluConfig, "melu", REPO / "params.yaml", {"train.local_steps": 0})
 
 
-@pytest.mark.parametrize("module", ["flows.melu", "flows.seqrec", "flows.dissan", "flows.egtr"])
-def test_cli_config_errors_come_first_in_one_line(tmp_path, module):
+@pytest.mark.parametrize("model", ["melu", "seqrec", "dissan", "egtr"])
+def test_cli_config_errors_come_first_in_one_line(tmp_path, model):
     """Before any Prefect server starts or any data loads: exit 2, one line naming source, key and expectation."""
     import subprocess
     import sys
 
     env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run([sys.executable, "-m", module, "--params", str(REPO / "params.yaml"), "--set", "nonsense_key=1"],
+    proc = subprocess.run([sys.executable, "-m", "flows.model", model, "--params", str(REPO / "params.yaml"), "--set", "nonsense_key=1"],
                           cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: --set nonsense_key=1: {module.split('.')[1]}.nonsense_key: unknown key"], proc.stderr[-2000:]
+    assert lines == [f"error: --set nonsense_key=1: {model}.nonsense_key: unknown key"], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written: no metrics, no mlflow.db, no outputs

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data.stages.preprocess_sgg import convert_vg150_h5, convert_vrd, import_reltr, main
-from models.egtr.schema import SGDataFormatError, dataset_stats, load_split, validate_dataset, write_dataset
+from data.sgg_schema import SGDataFormatError, dataset_stats, load_split, validate_dataset, write_dataset
 from tests.conftest import mirror_dir
 
 # --------------------------------------------------------------------------------------------- tiny dataset

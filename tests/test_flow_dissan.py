@@ -50,10 +50,10 @@ def tiny_nli(tmp_path):
 
 
 def test_dissan_flow_trains_registers_and_serves(prefect_harness, mlflow_store, tiny_nli, tmp_path, monkeypatch):
-    from flows.dissan import dissan_flow, main
+    from flows.model import main, model_flow
 
     monkeypatch.chdir(tmp_path)
-    res = dissan_flow(params_path=tiny_nli)
+    res = model_flow("dissan", params_path=tiny_nli)
     assert res["registry"]["promoted"] and res["registry"]["champion_alias"] == "champion_sick"
     assert res["test_accuracy"] > 0.9, res  # the tiny task is learnable from the words
     assert res["comparable_to_paper"] and res["epochs"] == 6
@@ -79,7 +79,7 @@ def test_dissan_flow_trains_registers_and_serves(prefect_harness, mlflow_store, 
         with pytest.raises(MlflowException, match=expect):
             model.predict(pd.DataFrame([rec]))
     # the baseline is tracked and written to the table, not registered
-    assert main(["--params", tiny_nli, "--variant", "bilstm_max", "--set", "train.epochs=2"]) == 0
+    assert main(["dissan", "--params", tiny_nli, "--variant", "bilstm_max", "--set", "train.epochs=2"]) == 0
     base = json.loads((tmp_path / "metrics" / "dissan" / "bilstm_max-sick.json").read_text())
     assert base["variant"] == "bilstm_max" and "registry" not in base
     assert len(c.search_model_versions("name='dissan'")) == 1

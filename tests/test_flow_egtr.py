@@ -41,7 +41,7 @@ def test_synthetic_predicates_follow_geometry():
 
 
 def test_synthetic_generator_is_seeded_and_labelled(tmp_path):
-    from models.egtr.schema import dataset_stats, load_split, validate_dataset
+    from data.sgg_schema import dataset_stats, load_split, validate_dataset
 
     a = generate(tmp_path / "a", train=6, val=2, test=2, size=64, max_size=24, seed=3)
     b = generate(tmp_path / "b", train=6, val=2, test=2, size=64, max_size=24, seed=3)
@@ -75,15 +75,15 @@ def tiny_synthetic(tmp_path):
 
 @pytest.mark.slow
 def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store, tiny_synthetic, tmp_path, monkeypatch):
-    from flows.egtr import egtr_flow
+    from flows.model import model_flow
     from models.egtr.infer import main as infer_main
     from models.egtr.recipe import CheckpointKindError, load_model
 
     params, data = tiny_synthetic
     monkeypatch.chdir(tmp_path)
-    res = egtr_flow(params_path=params)
+    res = model_flow("egtr", params_path=params)
     det = res["detector"]
-    assert det["source"] == "egtr-pretrain subflow" and det["epochs_run"] == 2 and Path(det["weights"]).is_file()
+    assert det["source"] == "stage pretrain" and det["epochs_run"] == 2 and Path(det["weights"]).is_file()
     assert 0.0 <= det["pretrain_val_AP50"] <= 1.0
     assert res["synthetic"] is True and res["sgg_epochs_run"] == 1
     t = res["test"]
@@ -99,7 +99,8 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
     assert res["registry"]["promoted"] and res["registry"]["champion_alias"] == "champion_synthetic"
     c = MlflowClient()
     run = c.get_run(res["run_id"])
-    assert run.data.tags["synthetic"] == "true" and run.data.tags["stage"] == "sgg"
+    assert run.data.tags["synthetic"] == "true" and run.data.tags["reproducible"] == "true"
+    assert run.data.tags["pretrain.stopped_by"] == det["stopped_by"] and "pretrain_val_AP50" in run.data.metrics
     assert "test_untrained_head_R_at_50" in run.data.metrics and "test_freq_only_R_at_50" in run.data.metrics
     assert "figures/test_predicate_recall.png" in {a.path for a in c.list_artifacts(res["run_id"], "figures")}
 
@@ -114,7 +115,7 @@ def test_egtr_flows_chain_register_serve_and_infer(prefect_harness, mlflow_store
         model.predict(pd.DataFrame([{"image": "not an image"}]))
 
     # a second run reuses the finished detector (same fingerprint -> resumed at its last epoch, no new epochs)
-    res2 = egtr_flow(params_path=params, register_model=False)
+    res2 = model_flow("egtr", params_path=params, register_model=False)
     assert res2["detector"]["weights"] == det["weights"] and res2["detector"]["epochs_run"] == 2
 
     # inference command on one image, from the registry

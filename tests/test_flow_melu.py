@@ -29,11 +29,11 @@ def _params_file(tmp_path, cfg) -> str:
 
 @pytest.fixture
 def flow_result(prefect_harness, mlflow_store, tiny_cfg, tmp_path, monkeypatch):
-    from flows.melu import melu_flow
+    from flows.model import model_flow
 
     monkeypatch.chdir(tmp_path)
     params = _params_file(tmp_path, tiny_cfg)
-    return melu_flow(params_path=params), params
+    return model_flow("melu", params_path=params), params
 
 
 def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg, tmp_path):
@@ -84,10 +84,10 @@ def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg
 
 
 def test_rerun_of_the_same_config_registers_nothing_new(flow_result, tiny_cfg, tmp_path):
-    from flows.melu import melu_flow
+    from flows.model import model_flow
 
     result, params = flow_result
-    again = melu_flow(params_path=params)  # reuses the finished checkpoint: the same weights
+    again = model_flow("melu", params_path=params)  # reuses the finished checkpoint: the same weights
     c = MlflowClient()
     assert again["registry"]["reused"] and again["registry"]["candidate_version"] == result["registry"]["candidate_version"]
     assert len(c.search_model_versions("name='melu'")) == 1
@@ -96,10 +96,10 @@ def test_rerun_of_the_same_config_registers_nothing_new(flow_result, tiny_cfg, t
 
 
 def test_second_flow_with_worse_gate_stays_challenger(flow_result, tiny_cfg, tmp_path):
-    from flows.melu import melu_flow
+    from flows.model import model_flow
 
     result, params = flow_result
-    worse = melu_flow(params_path=params, overrides={"train.epochs": 1, "train.global_lr": 1e-6, "evidence.enabled": False})
+    worse = model_flow("melu", params_path=params, overrides={"train.epochs": 1, "train.global_lr": 1e-6, "evidence.enabled": False})
     c = MlflowClient()
     assert worse["metrics"]["cold_mae_mean"] > result["metrics"]["cold_mae_mean"]
     assert not worse["registry"]["promoted"]
@@ -163,11 +163,11 @@ def test_mlflow_models_serve_answers(flow_result, mlflow_store, tmp_path):
 
 
 def test_failed_flow_marks_its_run_failed(prefect_harness, mlflow_store, tiny_cfg, tmp_path, monkeypatch):
-    from flows.melu import melu_flow
+    from flows.model import model_flow
 
     monkeypatch.chdir(tmp_path)
     bad = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={"processed_dir": str(tmp_path / "missing")})})
     with pytest.raises(Exception, match="missing"):
-        melu_flow(params_path=_params_file(tmp_path, bad))
+        model_flow("melu", params_path=_params_file(tmp_path, bad))
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("melu").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

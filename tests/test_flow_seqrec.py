@@ -41,11 +41,11 @@ def tiny_seqrec(tmp_path):
 
 
 def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlflow_store, tiny_seqrec, tmp_path, monkeypatch):
-    from flows.seqrec import seqrec_flow
+    from flows.model import model_flow
 
     monkeypatch.chdir(tmp_path)
-    fanc = seqrec_flow(params_path=tiny_seqrec)
-    gru = seqrec_flow(params_path=tiny_seqrec, overrides={"model.name": "gru4rec"})
+    fanc = model_flow("seqrec", params_path=tiny_seqrec)
+    gru = model_flow("seqrec", params_path=tiny_seqrec, overrides={"model.name": "gru4rec"})
     c = MlflowClient()
     for name, res in (("fanc", fanc), ("gru4rec", gru)):
         assert res["registry"]["promoted"] and res["registry"]["gate_metric"] == "valid_ndcg_at_10"
@@ -88,11 +88,11 @@ def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlfl
 
 
 def test_ablation_is_tracked_but_not_registered_and_the_table_reads_it(prefect_harness, mlflow_store, tiny_seqrec, tmp_path, monkeypatch):
-    from flows.seqrec import main
+    from flows.model import main
     from models.seqrec.config import VARIANTS
 
     monkeypatch.chdir(tmp_path)
-    assert main(["--params", tiny_seqrec, "--variant", "fanc_no_gravity", "--set", "train.epochs=1",
+    assert main(["seqrec", "--params", tiny_seqrec, "--variant", "fanc_no_gravity", "--set", "train.epochs=1",
                  "--record", "run.json", "--model-out", "bundle"]) == 0
     res = json.loads((tmp_path / "metrics" / "seqrec" / "fanc_no_gravity-Beauty.json").read_text())
     assert res["variant"] == "fanc_no_gravity" and "registry" not in res and res["label"] == "FaNC (reconstruction)"

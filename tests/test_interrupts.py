@@ -28,7 +28,7 @@ def _foreground_signals() -> None:
 
 
 def _start(params: Path, cwd: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.melu", "--params", str(params)], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "flows.model", "melu", "--params", str(params)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=_foreground_signals)
 
@@ -110,7 +110,7 @@ def test_kill_9_takes_the_server_down_and_the_next_run_resumes_and_marks_it_kill
     assert _gone(server), "the temporary Prefect server outlived a kill -9 of its run"
     print(f"kill -9: the server was gone {time.time() - killed:.2f} s later")
     done_before = _epochs_done(ckpt)
-    again = subprocess.run([sys.executable, "-m", "flows.melu", "--params", str(params), "--no-register"], cwd=cwd, env=env,
+    again = subprocess.run([sys.executable, "-m", "flows.model", "melu", "--params", str(params), "--no-register"], cwd=cwd, env=env,
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert re.search(rf"resuming from .*epoch-0*{done_before}\.pt: {done_before} of {EPOCHS} epochs done", again.stderr), again.stderr[-3000:]

@@ -1,6 +1,6 @@
-"""DVC stage ``preprocess_sgg``: scene-graph sources -> the one EGTR dataset layout (``models/egtr/schema.py``).
+"""DVC stage ``preprocess_sgg``: scene-graph sources -> the one EGTR dataset layout (``data/sgg_schema.py``).
 
-Every converter writes one dataset directory through ``models.egtr.schema.write_dataset`` (validated, then
+Every converter writes one dataset directory through ``data.sgg_schema.write_dataset`` (validated, then
 renamed into place atomically): ``{train,val,test}.json`` (COCO, category ids 1..C, bbox xywh pixels),
 ``rel.json`` (``[sub_pos, obj_pos, pred_id]``, positions in ``getAnnIds`` order, pred ids 1..P) and
 ``meta.json`` (source, box convention, what was dropped or fixed, in ``notes`` and the ``conversion`` counts).
@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from data.atomic import atomic_directory
 from models.common.config import StrictConfig, validate
-from models.egtr.schema import SGDataFormatError, SPLITS, dataset_stats, validate_dataset, write_dataset, write_dataset_into
+from data.sgg_schema import SGDataFormatError, SPLITS, dataset_stats, validate_dataset, write_dataset, write_dataset_into
 
 BOX_SCALE = 1024  # Neural-Motifs / SGB: boxes_1024 are stored at this longest-side scale
 VG_CORRUPTED_IMAGE_IDS = (1592, 1722, 4616, 4617)  # SGB load_image_filenames: in image_data.json, not in the h5

@@ -116,3 +116,26 @@ class EgtrConfig(StrictConfig):
     pretrained: str = ""  # a stage-0 detector checkpoint to start stage 1 from ("" = run / reuse stage 0)
     metrics_dir: str = "metrics/egtr"  # the flows write <dataset>-pretrain.json / <dataset>.json here (DVC metrics)
     plots_dir: str = "plots/egtr"
+
+
+# Named variants (override presets of the egtr section; the DVC matrix stage train_egtr runs synthetic and vrd_sample).
+VARIANTS = {
+    "synthetic": {},
+    # 61 real VRD photos, train = val = test: a fit check, not a benchmark (100 classes, 70 predicates). Train and
+    # evaluation see the same picture (one size, no flip, no crop), so the question is only whether the model can
+    # memorise them; small images and batch 2 buy many updates in ~40 minutes of the 2-core CPU. No early stopping
+    # (patience above the epochs): a fixed number of epochs, so the result does not depend on the machine.
+    "vrd_sample": {"dataset": "vrd_sample", "data_dir": "data/processed/sgg/vrd_sample", "out_dir": "outputs/egtr/vrd_sample",
+                   "detector.num_queries": 40, "augment.hflip": False, "augment.flip_swap": [],
+                   "augment.random_crop": False, "augment.scales": [192], "augment.max_size": 320,
+                   "augment.eval_size": 192, "augment.eval_max_size": 320,
+                   "pretrain.batch_size": 2, "pretrain.epochs": 110, "pretrain.finetune_epochs": 20,
+                   "pretrain.patience": 1000,
+                   "sgg.batch_size": 2, "sgg.epochs": 40, "sgg.finetune_epochs": 10,
+                   "sgg.patience": 1000},
+    # Open Images V6 (PySGG files via preprocess_sgg --source openimages; not in the mirror): the official OI
+    # settings, connectivity weight 90, random non-matching sampling, one predicate per pair per sample, OI metrics
+    "openimages": {"dataset": "openimages", "data_dir": "data/processed/sgg/openimages", "out_dir": "outputs/egtr/openimages",
+                   "loss.conn": 90.0, "loss.nonmatching_sampling": "random", "augment.filter_multiple_rels": True,
+                   "augment.flip_swap": [], "eval.protocol": "oi"},
+}

@@ -1,4 +1,4 @@
-"""Scene-graph batches for EGTR: images + targets from the COCO-format schema (:mod:`models.egtr.schema`).
+"""Scene-graph batches for EGTR: images + targets from the COCO-format schema (:mod:`data.sgg_schema`).
 
 Augmentation follows the DETR COCO recipe used by naver-ai/egtr: random horizontal flip, then either a
 multi-scale resize of the shorter side (longer side capped) or, in the detector stage only, resize -> random
@@ -46,7 +46,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 class SceneGraphDataset(Dataset):
     def __init__(self, dataset_dir: str | Path, split: str, augment: AugmentConfig, train: bool, crop: bool = False,
                  seed: int = 0, max_images: int = 0):
-        from models.egtr.schema import load_split
+        from data.sgg_schema import load_split
 
         self.sg = load_split(dataset_dir, split)
         if self.sg.image_root is None:
@@ -152,7 +152,7 @@ def collate(batch):
 
 def fg_matrix(dataset_dir: str | Path, num_classes: int, num_predicates: int) -> torch.Tensor:
     """Counts of (subject class, object class, predicate) over the **training** split: [C+1, C+1, P]."""
-    from models.egtr.schema import load_split
+    from data.sgg_schema import load_split
 
     sg = load_split(dataset_dir, "train")
     fg = torch.zeros(num_classes + 1, num_classes + 1, num_predicates)

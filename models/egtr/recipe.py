@@ -54,7 +54,7 @@ def fingerprint(cfg: EgtrConfig, stage: str) -> str:
 
 
 def label_space(data_dir: str | Path) -> tuple[list[str], list[str]]:
-    from models.egtr.schema import load_split
+    from data.sgg_schema import load_split
 
     sg = load_split(data_dir, "train")
     return list(sg.categories), list(sg.predicates)
