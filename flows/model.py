@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     overrides = dict(spec.variants[args.variant]) if spec.variants and args.variant else {}
     overrides.update(parse_overrides(args.overrides))
-    from models.common.config import ConfigError
+    from data.config import ConfigError
 
     try:
         spec.load_config(args.params, overrides)

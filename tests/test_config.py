@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from models.common.config import ConfigError, load_section
+from data.config import ConfigError, load_section
 from models.melu.config import MeluConfig
 from tests.conftest import REPO
 

@@ -27,7 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pydantic import Field
+
 from data.atomic import atomic_directory
+from data.config import StrictConfig
 
 STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
 VOCABS = {
@@ -173,21 +176,41 @@ def preprocess(raw: Path, out: Path, min_ratings: int = 13, max_ratings: int = 1
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    from models.common.config import load_section
-    from models.melu.config import MeluConfig
+class MeluSourceConfig(StrictConfig):
+    """The keys of ``melu.data`` this stage reads (the DVC stage tracks only these: a change to the episode seed or
+    the query size re-runs training, not preprocessing)."""
 
+    raw_dir: str = "data/raw/melu_movielens"
+    processed_dir: str = "data/processed/melu"
+    min_ratings: int = Field(13, ge=1)
+    max_ratings: int = Field(100, ge=1)
+
+
+def load_source_config(params: str | Path) -> MeluSourceConfig:
+    import yaml
+
+    from data.config import ConfigError, validate
+
+    try:
+        raw = (yaml.safe_load(Path(params).read_text()) or {}).get("melu", {}).get("data", {})
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{params}: cannot read: {err}") from None
+    wanted = {k: raw[k] for k in MeluSourceConfig.model_fields if k in raw}
+    return validate(MeluSourceConfig, wanted, source=str(params), section="melu.data")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--metrics", default="metrics/melu_data.json", help="dataset statistics (DVC metrics)")
     args = ap.parse_args(argv)
-    cfg = load_section(MeluConfig, "melu", args.params).data
+    cfg = load_source_config(args.params)
     try:
         stats = preprocess(Path(cfg.raw_dir), Path(cfg.processed_dir), cfg.min_ratings, cfg.max_ratings)
     except DataFormatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from models.common.tracking import atomic_write_json
+    from data.atomic import atomic_write_json
 
     atomic_write_json(args.metrics, {"melu_data": stats["states"]})
     print(json.dumps(stats["states"], indent=2))

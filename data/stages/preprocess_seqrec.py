@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from models.common.tracking import atomic_write_json
+    from data.atomic import atomic_write_json
 
     atomic_write_json(args.metrics, {"seqrec_data": stats})
     print(json.dumps(stats, indent=2))

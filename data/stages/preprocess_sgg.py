@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from data.atomic import atomic_directory
-from models.common.config import StrictConfig, validate
+from data.config import StrictConfig, validate
 from data.sgg_schema import SGDataFormatError, SPLITS, dataset_stats, validate_dataset, write_dataset, write_dataset_into
 
 BOX_SCALE = 1024  # Neural-Motifs / SGB: boxes_1024 are stored at this longest-side scale
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SGDataFormatError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from models.common.tracking import atomic_write_json
+    from data.atomic import atomic_write_json
 
     stats = dataset_stats(args.out)
     atomic_write_json(args.metrics, {"source": args.source, **stats})

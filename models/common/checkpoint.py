@@ -10,10 +10,8 @@ metrics of an uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from data.atomic import umask_mode
+from data.atomic import atomic_file
 
 _CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
 
@@ -35,20 +33,11 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # through the file object, not the path: torch.save names the zip's inner folder after a path it is given,
-        # and the temporary name is random, so the same tensors would give different bytes (and DVC hashes)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        umask_mode(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    # through the file object, not the path: torch.save names the zip's inner folder after a path it is given,
+    # and the temporary name is random, so the same tensors would give different bytes (and DVC hashes)
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:

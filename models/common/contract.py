@@ -3,7 +3,7 @@
 A model is its folder ``models/<name>/``: it exports one :class:`ModelSpec` (in ``models/<name>/pipeline.py``, as
 ``MODEL``) and the catalog (:mod:`models.catalog`) lists it in one line. The spec names
 
-- its config class (a :class:`~models.common.config.StrictConfig` with a ``tiny()`` preset) and ``params.yaml``
+- its config class (a :class:`~data.config.StrictConfig` with a ``tiny()`` preset) and ``params.yaml``
   section, and its named variants (override presets, applied before ``--set``);
 - the DVC data targets a scheduled run brings up to date first;
 - its training stages, in order: each is a function ``train(cfg, run_id, done)`` that gets the frozen config, the
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from models.common.config import StrictConfig, load_section
+from data.config import StrictConfig, load_section
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from data.atomic import atomic_file, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported for the recipes
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -132,41 +133,16 @@ def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) ->
     client().log_artifact(run_id, str(path), artifact_path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from data.atomic import umask_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask_mode(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return Path(path)
 
 
 # Values that differ between two runs of the same computation: ids of the run, wall-clock times and rates.

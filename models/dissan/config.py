@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from models.common.config import Device, PositiveInts, StrictConfig
+from data.config import Device, PositiveInts, StrictConfig
 
 
 class DissanDataConfig(StrictConfig):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.common.config import Device, PositiveInts, StrictConfig
+from data.config import Device, PositiveInts, StrictConfig
 
 
 class DetectorConfig(StrictConfig):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from models.common.config import Device, PositiveInts, StrictConfig
+from data.config import Device, PositiveInts, StrictConfig
 
 # the states of the official MeLU data (models.melu.data.STATES; repeated here so the config needs no torch)
 STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
@@ -108,7 +108,7 @@ class MeluConfig(StrictConfig):
     @classmethod
     def tiny(cls, **overrides) -> "MeluConfig":
         """A small config for tests: 8-d embeddings, 16-wide MLP, 2 epochs, larger learning rates."""
-        from models.common.config import deep_update, validate
+        from data.config import deep_update, validate
 
         base = {
             "model": {"embedding_dim": 8, "hidden": [16, 16]},

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.common.config import Device, PositiveInts, StrictConfig
+from data.config import Device, PositiveInts, StrictConfig
 
 DATASETS = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
 
