@@ -43,7 +43,7 @@ def trained_copy(tmp_path_factory):
     params["dissan"]["model"].update({"classifier_hidden": 16})
     params["dissan"]["train"].update({"epochs": 1})
     params["sgg_data"]["synthetic"].update({"train": 12, "val": 4, "test": 4, "size": 64, "max_objects": 3, "max_size": 24})
-    from tests.test_flow_egtr import TINY_EGTR
+    from models.egtr.tiny import TINY_EGTR
 
     for key in ("detector", "pretrain", "sgg", "augment"):
         params["egtr"][key] = TINY_EGTR[key]

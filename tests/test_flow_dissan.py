@@ -13,39 +13,16 @@ from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["a", "the", "dog", "cat", "man", "runs", "sleeps", "is", "not", "running", "sleeping", "animal", "person"]
-
-
-def _sick_rows(n: int, rng) -> list[str]:
-    rows = []
-    for i in range(n):
-        subj = rng.choice(["dog", "cat", "man"])
-        verb, ing = rng.choice([("runs", "running"), ("sleeps", "sleeping")])
-        kind = i % 3
-        hyp = [f"A {subj} is {ing}", f"The {subj} is not {ing}", f"A {'person' if subj == 'man' else 'animal'} is {'sleeping' if ing == 'running' else 'running'}"][kind]
-        label = ["ENTAILMENT", "CONTRADICTION", "NEUTRAL"][kind]
-        rows.append(f"{i + 1}\tA {subj} {verb}\t{hyp}\t3.0\t{label}")
-    return rows
-
-
 @pytest.fixture
 def tiny_nli(tmp_path):
-    rng = np.random.default_rng(0)
-    sick = tmp_path / "raw" / "sick" / "semeval2014_splits"
-    sick.mkdir(parents=True)
-    for name, n in (("SICK_train.txt", 240), ("SICK_trial.txt", 30), ("SICK_test_annotated.txt", 60)):
-        (sick / name).write_text("\n".join(_sick_rows(n, rng)) + "\n")
-    vec = tmp_path / "vectors.txt"
-    vec.write_text("\n".join(f"{w} " + " ".join(f"{x:.4f}" for x in rng.normal(size=10)) for w in WORDS) + "\n")
-    params = {"dissan": {
-        "data": {"raw_dir": str(tmp_path / "raw"), "vectors": str(vec)},
-        "model": {"heads": 2, "classifier_hidden": 16, "lstm_hidden": 8, "dropout": 0.0},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 0.01, "device": "cpu", "checkpoint_dir": str(tmp_path / "ckpt")},
-    }}
     from models.dissan.config import DissanConfig
+    from models.dissan.tiny import tiny
 
+    section = tiny(tmp_path)
+    section["train"]["epochs"] = 6
+    section["outputs"] = DissanConfig().outputs.model_dump()  # relative: the tests read tmp_path/metrics/dissan
     p = tmp_path / "params.yaml"  # every subsection written out, as params.yaml has them (a missing one is an error)
-    p.write_text(yaml.safe_dump({"dissan": DissanConfig.model_validate(params["dissan"]).model_dump(mode="json")}))
+    p.write_text(yaml.safe_dump({"dissan": section}))
     return str(p)
 
 

@@ -17,17 +17,7 @@ from mlflow import MlflowClient
 from data.synthetic_scenes import PREDICATES, generate, predicate
 from tests.conftest import REPO
 
-TINY_EGTR = {
-    "dataset": "synthetic",
-    "detector": {"backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "heads": 4, "ffn_dim": 64,
-                 "n_points": 2, "num_feature_levels": 3, "num_queries": 8, "dropout": 0.0},
-    "pretrain": {"epochs": 1, "finetune_epochs": 1, "batch_size": 4, "time_budget_s": 0.0},
-    "sgg": {"epochs": 1, "finetune_epochs": 0, "batch_size": 4, "lr": 2.0e-4, "lr_detector": 2.0e-6, "lr_backbone": 2.0e-7,
-            "aux_loss": False},
-    "augment": {"scales": [64], "max_size": 64, "crop_scales": [64], "crop_min": 48, "crop_max": 64, "eval_size": 64,
-                "eval_max_size": 64, "flip_swap": [["left of", "right of"]]},
-    "device": "cpu",
-}
+from models.egtr.tiny import TINY_EGTR  # noqa: E402  (the tiny preset of models/egtr/tiny.py)
 
 
 def test_synthetic_predicates_follow_geometry():

@@ -6,13 +6,11 @@ import json
 import re
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from data.stages.preprocess_seqrec import preprocess
 from models.seqrec.config import SeqRecConfig
 
 pytestmark = pytest.mark.slow
@@ -20,23 +18,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tiny_seqrec(tmp_path):
-    rng = np.random.default_rng(0)
-    lines = []
-    for u in range(1, 121):  # item i is usually followed by item i + 1 (ids 1..15)
-        start = int(rng.integers(0, 15))
-        items = [(start + j) % 15 + 1 for j in range(int(rng.integers(5, 9)))]
-        lines.append(" ".join(map(str, [u, *items])))
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "Beauty.txt").write_text("\n".join(lines) + "\n")
-    preprocess(raw, tmp_path / "processed", ["Beauty"])
-    cfg = SeqRecConfig.model_validate({
-        "data": {"processed_dir": str(tmp_path / "processed"), "max_len": 8},
-        "model": {"hidden": 8, "dropout": 0.0},
-        "train": {"epochs": 4, "patience": 2, "batch_size": 32, "lr": 0.02, "device": "cpu", "checkpoint_dir": str(tmp_path / "ckpt")},
-    })
+    from models.seqrec.tiny import tiny
+
+    section = tiny(tmp_path)
+    section["train"].update({"epochs": 4})  # enough epochs for early stopping (patience 2) to matter
+    section["outputs"] = SeqRecConfig().outputs.model_dump()  # relative: the tests read tmp_path/metrics/seqrec
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"seqrec": cfg.model_dump(mode="json")}))
+    p.write_text(yaml.safe_dump({"seqrec": section}))
     return str(p)
 
 

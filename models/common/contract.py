@@ -3,8 +3,9 @@
 A model is its folder ``models/<name>/``: it exports one :class:`ModelSpec` (in ``models/<name>/pipeline.py``, as
 ``MODEL``) and the catalog (:mod:`models.catalog`) lists it in one line. The spec names
 
-- its config class (a :class:`~data.config.StrictConfig` with a ``tiny()`` preset) and ``params.yaml``
-  section, and its named variants (override presets, applied before ``--set``);
+- its config class (a :class:`~data.config.StrictConfig`) and ``params.yaml`` section, its ``tiny`` preset
+  (``models/<name>/tiny.py``: a small synthetic dataset and a config that trains on it in seconds) and its named
+  variants (override presets, applied before ``--set``);
 - the DVC data targets a scheduled run brings up to date first;
 - its training stages, in order: each is a function ``train(cfg, run_id, done)`` that gets the frozen config, the
   MLflow run id and the results of the stages before it (``done[stage_name]``) and returns a small dict that holds
@@ -22,6 +23,7 @@ Nothing in a model folder imports Prefect: the flow wraps the spec's functions i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from data.config import StrictConfig, load_section
@@ -66,6 +68,9 @@ class ModelSpec:
     stages: tuple[Stage, ...]
     evaluate: Callable[[Any, str, dict[str, dict]], Evaluation]
     log_model: Callable[[Any, str, dict[str, dict]], str]
+    # tests and the contract test: tiny(root) writes a small synthetic dataset under root and returns the params
+    # section (plain JSON types) of a small model that trains on it in seconds
+    tiny: Callable[[Path], dict] | None = None
     variants: Mapping[str, dict] = field(default_factory=dict)
     data_targets: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()  # DVC targets (or a function of the config)
     example: str = "--set train.epochs=1"  # a --set example for the command line's help
@@ -74,6 +79,8 @@ class ModelSpec:
         names = [s.name for s in self.stages]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"model {self.name}: stages must be non-empty with distinct names, got {names}")
+        if self.tiny is None:
+            raise TypeError(f"model {self.name}: no tiny preset (tests and the contract test train it)")
 
     @property
     def section(self) -> str:

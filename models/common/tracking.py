@@ -209,7 +209,8 @@ def lenient_numbers(schema):
 def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example,
                extra_requirements: list[str] = ()) -> str:
     """Log ``python_model`` to ``run_id`` as ``model`` with a signature inferred from its own prediction on
-    ``input_example``, the project's ``models`` package as code, and pinned requirements (plus the model's own
+    ``input_example``, the project's ``models`` and ``data`` packages as code (models import the config and
+    data-contract modules of ``data``), and pinned requirements (plus the model's own
     ``extra_requirements``); return its URI."""
     import mlflow
     import pandas as pd
@@ -224,7 +225,7 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-            input_example=input_example, code_paths=[str(repo_root / "models")],
+            input_example=input_example, code_paths=[str(repo_root / "models"), str(repo_root / "data")],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               f"pandas=={pd.__version__}", "pyarrow<26", "numpy", *extra_requirements],
         )

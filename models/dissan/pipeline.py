@@ -19,6 +19,7 @@ from models.common.checkpoint import atomic_torch_save
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
 from models.common.seed import select_device
 from models.dissan import recipe, report
+from models.dissan.tiny import tiny
 from models.dissan.config import VARIANTS, DissanConfig, variant_of
 from models.dissan.modeling import NLIClassifier
 
@@ -99,6 +100,7 @@ MODEL = ModelSpec(
     stages=(Stage("train", train),),
     evaluate=evaluate,
     log_model=log_model,
+    tiny=tiny,
     variants=VARIANTS,
     data_targets=("download@snli", "download@sick", "download@glove_6b_50d"),
     example="data.dataset=snli",

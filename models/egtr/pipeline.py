@@ -18,6 +18,7 @@ from models.common import tracking
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
 from models.common.seed import select_device
 from models.egtr import recipe, report
+from models.egtr.tiny import tiny
 from models.egtr.config import VARIANTS, EgtrConfig
 
 GATE_METRIC = "val_R_at_50"
@@ -169,6 +170,7 @@ MODEL = ModelSpec(
     stages=(Stage("pretrain", pretrain), Stage("sgg", sgg)),
     evaluate=evaluate,
     log_model=log_model,
+    tiny=tiny,
     variants=VARIANTS,
     data_targets=lambda cfg: (f"preprocess_sgg@{cfg.dataset}",),
     example="sgg.epochs=10",

@@ -14,6 +14,7 @@ from models.common.checkpoint import atomic_torch_save
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
 from models.common.seed import select_device
 from models.melu import recipe, report
+from models.melu.tiny import tiny
 from models.melu.config import MeluConfig
 from models.melu.modeling import MeLU
 
@@ -108,6 +109,7 @@ MODEL = ModelSpec(
     stages=(Stage("train", train),),
     evaluate=evaluate,
     log_model=log_model,
+    tiny=tiny,
     data_targets=("download@melu_movielens", "preprocess_melu"),
     example="train.epochs=3",
 )

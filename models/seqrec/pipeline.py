@@ -20,6 +20,7 @@ from models.common.checkpoint import atomic_torch_save
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
 from models.common.seed import select_device
 from models.seqrec import recipe, report
+from models.seqrec.tiny import tiny
 from models.seqrec.config import ABLATIONS, VARIANTS, SeqRecConfig, variant_of
 from models.seqrec.metrics import FULL
 from models.seqrec.modeling import build_model
@@ -116,6 +117,7 @@ MODEL = ModelSpec(
     stages=(Stage("train", train),),
     evaluate=evaluate,
     log_model=log_model,
+    tiny=tiny,
     variants=VARIANTS,
     data_targets=("download@s3rec_sequences", "preprocess_seqrec"),
     example="model.name=sasrec --set data.dataset=Yelp",
