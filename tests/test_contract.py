@@ -84,6 +84,9 @@ def test_tiny_trains_resumes_evaluates_and_serves(name, mlflow_store, tmp_path, 
     assert isinstance(ev.gate_value, float) and math.isfinite(ev.gate_value)
     assert "run_id" in ev.result
     uri = spec.log_model(cfg, run_id, done)
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "logged")))
+    code = [p for p in (local / "code").rglob("*") if p.is_file()]
+    assert code and all(p.suffix == ".py" for p in code if "data" in p.relative_to(local / "code").parts[:1])  # no datasets
     model = mlflow.pyfunc.load_model(uri)
     example = model.input_example
     out = model.predict(example)  # through the logged signature's enforcement

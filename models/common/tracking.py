@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,26 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     signature = infer_signature(input_example, python_model.predict(ctx, input_example))
     signature.inputs = lenient_numbers(signature.inputs)
     repo_root = Path(__file__).resolve().parents[2]
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-            input_example=input_example, code_paths=[str(repo_root / "models"), str(repo_root / "data")],
+            input_example=input_example, code_paths=[str(repo_root / "models"), str(python_package_copy(repo_root / "data", tmp))],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               f"pandas=={pd.__version__}", "pyarrow<26", "numpy", *extra_requirements],
         )
     return info.model_uri
+
+
+def python_package_copy(package: Path, dest: str | Path) -> Path:
+    """``dest/<package name>/``: the package's ``.py`` files only (``data/`` also holds the datasets, which must
+    never travel with a model)."""
+    import shutil
+
+    out = Path(dest) / package.name
+    for src in package.rglob("*.py"):
+        rel = src.relative_to(package)
+        if not all((package.joinpath(*rel.parts[:i]) / "__init__.py").exists() for i in range(1, len(rel.parts))):
+            continue  # inside a folder that is not a subpackage (raw/, processed/)
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out / rel)
+    return out
