@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models.common.config import load_section  # noqa: E402
+from data.config import load_section  # noqa: E402
 from models.common.tracking import atomic_write_json, atomic_write_text  # noqa: E402
 from models.dissan import recipe  # noqa: E402
 from models.dissan.config import VARIANTS, DissanConfig  # noqa: E402

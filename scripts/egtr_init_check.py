@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.common.config import load_section  # noqa: E402
+from data.config import load_section  # noqa: E402
 from models.common.tracking import atomic_write_json  # noqa: E402
 from models.egtr.config import EgtrConfig  # noqa: E402
 from models.egtr.evaluate import evaluate  # noqa: E402

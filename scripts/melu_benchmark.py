@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from models.common.config import load_section
+from data.config import load_section
 from models.melu import recipe
 from models.melu.config import MeluConfig
 from models.melu.data import ITEM_BAGS

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from models.common.checkpoint import load_checkpoint
-from models.common.config import load_section
+from data.config import load_section
 from models.melu import recipe
 from models.melu.config import MeluConfig
 from models.melu.modeling import MeLU

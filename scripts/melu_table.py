@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.common.config import load_section
+from data.config import load_section
 from models.melu import recipe
 from models.melu.baselines import fit_baseline, predict_baseline
 from models.melu.config import MeluConfig

@@ -57,7 +57,7 @@ def run_ours(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from models.common.config import load_section
+    from data.config import load_section
     from models.seqrec import recipe
     from models.seqrec.config import SeqRecConfig
     from models.seqrec.data import leave_one_out, load_sequences
