@@ -126,3 +126,9 @@ def load_section(cls: type[T], section: str, path: str | Path = "params.yaml", o
                                      f"copy it from the repository's params.yaml)" for m in missing))
     raw = deep_update(raw_all[section], overrides or {})
     return validate(cls, raw, source=str(path), section=section, overrides=overrides)
+
+
+def updated(cfg: T, overrides: dict[str, Any], source: str = "<update>") -> T:
+    """A validated copy of ``cfg`` with dotted-key ``overrides`` (never ``model_copy(update=...)``, which skips the
+    checks and so can produce a config the file could not hold)."""
+    return validate(type(cfg), deep_update(cfg.model_dump(mode="python"), overrides), source=source, overrides=overrides)

@@ -34,8 +34,7 @@ def main() -> None:
     print("| local steps | " + " | ".join(f"{s} MAE" for s in ("warm", "user_cold", "item_cold", "user_and_item_cold")) + " |")
     print("|---|---|---|---|---|")
     for steps in args.steps:
-        c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"local_steps": steps})})
-        m = recipe.evaluate_states(model, data, c)
+        m = recipe.evaluate_states(model, data, cfg, local_steps=steps)  # the config stays the validated one
         rows[steps] = m
         print(f"| {steps} | " + " | ".join(f"{m[f'{s}_mae']:.4f}" for s in ("warm", "user_cold", "item_cold", "user_and_item_cold")) + " |")
     if args.out:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.config import load_section
+from data.config import load_section, updated
 from models.melu import recipe
 from models.melu.baselines import fit_baseline, predict_baseline
 from models.melu.config import MeluConfig
@@ -32,14 +32,14 @@ METRICS = ["mae", "ndcg_at_1", "ndcg_at_3"]
 
 
 def run_seed(base: MeluConfig, seed: int, methods: list[str], ckpt_root: str) -> dict[str, dict[str, float]]:
-    cfg = base.model_copy(update={"data": base.data.model_copy(update={"episode_seed": seed})})
+    cfg = updated(base, {"data.episode_seed": seed})
     data = recipe.load_data(cfg)
     out: dict[str, dict[str, float]] = {}
     for method in methods:
         t0 = time.time()
         if method.startswith("MeLU-"):
             steps = int(method.split("-")[1])
-            mcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"local_steps": steps})})
+            mcfg = updated(cfg, {"train.local_steps": steps})
             model, _ = recipe.train(mcfg, data, ckpt_dir=f"{ckpt_root}/{recipe.fingerprint(mcfg)}", eval_every_epoch=False)
             out[method] = recipe.evaluate_states(model, data, mcfg)
         else:
@@ -47,7 +47,7 @@ def run_seed(base: MeluConfig, seed: int, methods: list[str], ckpt_root: str) ->
             kind = {"Wide&Deep": "wide_deep", "PPR": "ppr"}[name]
             bcfg = getattr(cfg.baselines, kind)
             if variant:
-                bcfg = bcfg.model_copy(update={"use_test_support": True})
+                bcfg = updated(bcfg, {"use_test_support": True})
             extra = [data.episodes[s] for s in data.episodes if s != "warm_state"]
             model = fit_baseline(kind, data.tables, data.episodes["warm_state"], extra, bcfg, cfg.model, seed=cfg.train.init_seed)
             res = {}

@@ -134,3 +134,12 @@ def test_cli_config_errors_come_first_in_one_line(tmp_path, model):
     assert lines == [f"error: --set nonsense_key=1: {model}.nonsense_key: unknown key"], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written: no metrics, no mlflow.db, no outputs
+
+
+def test_updated_copies_are_validated():
+    from data.config import updated
+
+    cfg = load_section(MeluConfig, "melu", REPO / "params.yaml")
+    assert updated(cfg, {"train.local_steps": 1}).train.local_steps == 1 and cfg.train.local_steps == 5
+    with pytest.raises(ConfigError, match=r"melu|train\.local_steps"):
+        updated(cfg, {"train.local_steps": 0})  # what model_copy(update=...) would have let through

@@ -65,13 +65,20 @@ def meta_batches(n_users: int, batch: int, order_seed: int, epoch: int, drop_las
     return chunks
 
 
-def evaluate_states(model: MeLU, data: MeluData, cfg: MeluConfig, states: Iterable[str] | None = None) -> dict[str, float]:
-    """MAE and nDCG@k per state (``<state>_mae``, ``<state>_ndcg_at_1``...) and the mean cold-state MAE."""
+def evaluate_states(model: MeLU, data: MeluData, cfg: MeluConfig, states: Iterable[str] | None = None,
+                    local_steps: int | None = None) -> dict[str, float]:
+    """MAE and nDCG@k per state (``<state>_mae``, ``<state>_ndcg_at_1``...) and the mean cold-state MAE.
+
+    ``local_steps``: the test-time adaptation steps (default ``train.local_steps``; 0 = the global model without
+    adaptation, an evaluation-only setting that a training config may not have)."""
+    steps = cfg.train.local_steps if local_steps is None else local_steps
+    if steps < 0:
+        raise ValueError(f"local_steps must be >= 0, got {steps}")
     model.eval()
     out: dict[str, float] = {}
     for state in states or cfg.eval.states:
         ep = data.episodes[state]
-        pred = predict_query(model, data.tables, ep, cfg.train.local_steps, cfg.train.local_lr, cfg.eval.batch_users)
+        pred = predict_query(model, data.tables, ep, steps, cfg.train.local_lr, cfg.eval.batch_users)
         m = rating_metrics(pred.cpu().numpy(), ep.query_y.cpu().numpy(), ep.query_movie_ids.cpu().numpy(), cfg.eval.ndcg_k)
         short = state.removesuffix("_state")
         out.update({f"{short}_{k}": v for k, v in m.items()})
