@@ -89,9 +89,10 @@ def tiny(root: Path) -> dict:
                                       "train": {"epochs": 30, "checkpoint_dir": str(Path(root) / "ckpt")}}).model_dump(mode="json")
 
 
-MODEL = ModelSpec(
-    name="line", description="least squares on a line (contract example)", config=LineConfig,
-    identity=lambda cfg: RunIdentity(experiment="line", run_name="line", dvc_stage="train_line", registered_model="line",
-                                     gate_metric="mse", gate_mode="min"),
-    stages=(Stage("train", train),), evaluate=evaluate, log_model=log_model, tiny=tiny,
-)
+def identity(cfg: LineConfig) -> RunIdentity:
+    return RunIdentity(experiment="line", run_name="line", dvc_stage="train_line", registered_model="line",
+                       gate_metric="mse", gate_mode="min")
+
+
+MODEL = ModelSpec.of(__name__, name="line", description="least squares on a line (contract example)", config=LineConfig,
+                     stages=(Stage("train", train),))

@@ -90,6 +90,18 @@ class ModelSpec:
         """The validated, frozen config: ``params.yaml`` section + ``overrides`` (read once per run)."""
         return load_section(self.config, self.section, params_path, overrides)
 
+    @classmethod
+    def of(cls, module: str, **fields) -> "ModelSpec":
+        """The spec of the pipeline module ``module`` (pass ``__name__``): its functions ``identity``, ``evaluate``,
+        ``log_model`` and ``tiny`` fill the fields of the same names that ``fields`` does not give."""
+        import sys
+
+        namespace = vars(sys.modules[module])
+        for name in ("identity", "evaluate", "log_model", "tiny"):
+            if name not in fields and name in namespace:
+                fields[name] = namespace[name]
+        return cls(**fields)
+
     def data_targets_for(self, cfg) -> list[str]:
         return list(self.data_targets(cfg) if callable(self.data_targets) else self.data_targets)
 

@@ -92,15 +92,12 @@ def log_model(cfg: DissanConfig, run_id: str, done: dict) -> str:
     return tracking.log_pyfunc(run_id, NLIPyfunc(), {"weights": done["train"]["weights"], "meta": done["train"]["meta"]}, example)
 
 
-MODEL = ModelSpec(
+MODEL = ModelSpec.of(
+    __name__,
     name="dissan",
     description="DisSAN (distance-based self-attention NLI encoder) and the BiLSTM-max baseline.",
     config=DissanConfig,
-    identity=identity,
     stages=(Stage("train", train),),
-    evaluate=evaluate,
-    log_model=log_model,
-    tiny=tiny,
     variants=VARIANTS,
     data_targets=("download@snli", "download@sick", "download@glove_6b_50d"),
     example="data.dataset=snli",

@@ -70,7 +70,7 @@ class StageConfig(StrictConfig):
     grad_clip: float = Field(0.1, ge=0.0)
     patience: int = Field(15, ge=1)  # early stopping on validation loss
     aux_loss: bool = True
-    time_budget_s: float = Field(0.0, ge=0.0)  # 0 = no wall-clock budget
+    time_budget_s: float = Field(0.0, ge=0.0)  # exploration only (run tagged reproducible=false); 0 = none
     num_workers: int = Field(0, ge=0)
 
 

@@ -162,15 +162,12 @@ def log_model(cfg: EgtrConfig, run_id: str, done: dict) -> str:
                                extra_requirements=extra)
 
 
-MODEL = ModelSpec(
+MODEL = ModelSpec.of(
+    __name__,
     name="egtr",
     description="EGTR (CVPR 2024): one-stage scene graph generation; stage-0 detector -> SGG -> evaluate -> register.",
     config=EgtrConfig,
-    identity=identity,
     stages=(Stage("pretrain", pretrain), Stage("sgg", sgg)),
-    evaluate=evaluate,
-    log_model=log_model,
-    tiny=tiny,
     variants=VARIANTS,
     data_targets=lambda cfg: (f"preprocess_sgg@{cfg.dataset}",),
     example="sgg.epochs=10",

@@ -101,15 +101,12 @@ def log_model(cfg: MeluConfig, run_id: str, done: dict) -> str:
     return tracking.log_pyfunc(run_id, MeluPyfunc(), artifacts, example)
 
 
-MODEL = ModelSpec(
+MODEL = ModelSpec.of(
+    __name__,
     name="melu",
     description="MeLU (KDD 2019): MAML user preference estimator on MovieLens-1M; train -> evaluate -> register.",
     config=MeluConfig,
-    identity=identity,
     stages=(Stage("train", train),),
-    evaluate=evaluate,
-    log_model=log_model,
-    tiny=tiny,
     data_targets=("download@melu_movielens", "preprocess_melu"),
     example="train.epochs=3",
 )

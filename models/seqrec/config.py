@@ -56,7 +56,7 @@ class SeqRecTrainConfig(StrictConfig):
     device: Device = "auto"
     checkpoint_dir: str = "checkpoints/seqrec"
     resume: bool = True
-    time_budget_s: float = Field(0.0, ge=0)  # stop after the epoch in which train+validation time reaches it; 0 = none
+    time_budget_s: float = Field(0.0, ge=0)  # exploration only (run tagged reproducible=false): train+validation s; 0 = none
 
 
 class SeqRecEvalConfig(StrictConfig):

@@ -109,15 +109,12 @@ def log_model(cfg: SeqRecConfig, run_id: str, done: dict) -> str:
     return tracking.log_pyfunc(run_id, SeqRecPyfunc(), {"weights": weights, "meta": str(meta)}, example)
 
 
-MODEL = ModelSpec(
+MODEL = ModelSpec.of(
+    __name__,
     name="seqrec",
     description="Sequential recommenders: FaNC (reconstruction), GRU4Rec, SASRec on the S3-Rec sequences.",
     config=SeqRecConfig,
-    identity=identity,
     stages=(Stage("train", train),),
-    evaluate=evaluate,
-    log_model=log_model,
-    tiny=tiny,
     variants=VARIANTS,
     data_targets=("download@s3rec_sequences", "preprocess_seqrec"),
     example="model.name=sasrec --set data.dataset=Yelp",
