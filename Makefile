@@ -29,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv and install the pinned dependencies
 
-run: venv ## run the whole pipeline (dvc repro: download -> preprocess -> Prefect flows -> MLflow registry), then check the registry
-	dvc repro
+run: venv ## run the whole pipeline (every dvc.yaml: download -> preprocess -> Prefect flows -> MLflow registry), then check the registry
+	dvc repro --all-pipelines
 	$(PY) -m flows.registry_check --repair
 
 repro: run

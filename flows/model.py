@@ -7,7 +7,7 @@ the results of the stages before it. Evaluation writes the committed metrics and
 registered (champion/challenger gate on the metric named in the model's ``registry`` section) only when the
 weights are new to the registry.
 
-    python -m flows.model melu                                    # the DVC stage train_melu
+    python -m flows.model melu                                    # the DVC stage models/melu/dvc.yaml:train_melu
     python -m flows.model seqrec --variant sasrec --set data.dataset=Yelp
     python -m flows.model egtr --variant vrd_sample --until pretrain   # stage 0 (the detector) only
     python -m flows.model --list                                  # the catalog
@@ -48,11 +48,12 @@ def log_model(model: str, cfg, run_id: str, done: dict) -> str:
 
 @flow(name="model", flow_run_name="{model}", log_prints=True)
 def model_flow(model: str, params_path: str = "params.yaml", overrides: dict | None = None, sync_data: bool = False,
-               register_model: bool = True, until: str | None = None) -> dict:
-    """Run ``model`` of the catalog on ``params_path`` + ``overrides``; ``until`` stops after that training stage
-    (no evaluation, no registration). Returns the result (metrics, registry decision, model bundle)."""
+               register_model: bool = True, until: str | None = None, variant: str | None = None) -> dict:
+    """Run ``model`` of the catalog on ``params_path`` + the named ``variant``'s overrides + ``overrides``; ``until``
+    stops after that training stage (no evaluation, no registration). Returns the result (metrics, registry decision,
+    model bundle)."""
     spec = catalog.get(model)
-    cfg = spec.load_config(params_path, overrides or {})  # once; the frozen object goes to every task
+    cfg = spec.load_config(params_path, {**spec.variant(variant), **(overrides or {})})  # once: the frozen object goes to every task
     names = spec.stage_names()
     if until is not None and until not in names:
         raise ValueError(f"until: {until!r} is not a stage of {model}; expected one of {names}")

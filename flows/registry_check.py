@@ -11,7 +11,7 @@ resumes or reuses its checkpoint when there is one, and registers), then everyth
 
     python -m flows.registry_check            # report; exit 1 if something is missing
     python -m flows.registry_check --repair   # re-run the stages whose model is missing, then report
-    python -m flows.registry_check train_melu # one stage
+    python -m flows.registry_check train_melu # one stage (its name, or models/melu/dvc.yaml:train_melu)
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ BUNDLE_NAME = "model"  # a train stage's output folder ends in /model (dvc.yaml)
 
 
 def train_stage_bundles(repo: str | Path = ".", stages: list[str] | None = None) -> list[tuple[str, Path]]:
-    """(stage name, bundle folder) for every stage of dvc.yaml with an output folder named ``model`` (or the named ones)."""
+    """(stage address, bundle folder) for every stage of every dvc.yaml with an output folder named ``model`` (or the
+    named ones)."""
     from dvc.repo import Repo
 
     found = []
@@ -35,11 +36,12 @@ def train_stage_bundles(repo: str | Path = ".", stages: list[str] | None = None)
             for out in stage.outs:
                 if Path(out.def_path).name == BUNDLE_NAME:
                     found.append((stage.addressing, Path(repo) / out.def_path))
-    if stages:
-        unknown = sorted(set(stages) - {name for name, _ in found})
+    if stages:  # a full address (models/melu/dvc.yaml:train_melu) or the stage's name alone (train_melu)
+        named = lambda address: {address, address.rpartition(":")[2]}  # noqa: E731
+        unknown = sorted(set(stages) - set().union(*(named(a) for a, _ in found)))
         if unknown:
-            raise SystemExit(f"registry_check: not train stages of dvc.yaml: {', '.join(unknown)}")
-        found = [f for f in found if f[0] in stages]
+            raise SystemExit(f"registry_check: not train stages of the pipeline: {', '.join(unknown)}")
+        found = [f for f in found if named(f[0]) & set(stages)]
     return found
 
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repair", action="store_true", help="re-run (dvc repro --force --single-item) each stage whose model is missing")
     ap.add_argument("--repo", default=".")
-    ap.add_argument("stages", nargs="*", help="train stages to check (default: every train stage of dvc.yaml)")
+    ap.add_argument("stages", nargs="*", help="train stages to check, by name or DVC address (default: every train stage)")
     args = ap.parse_args(argv)
     configure_environment()
     rows = check(args.repo, args.stages)

@@ -38,7 +38,7 @@ def run(params: str, variant: str, seed: int, overrides: list[str]) -> dict:
     test = recipe.evaluate(model, data.splits["test"], device, cfg.eval.length_buckets)
     dev = recipe.evaluate(model, data.splits["dev"], device, cfg.eval.length_buckets)
     return {"variant": variant, "seed": seed, "dev_accuracy": dev["accuracy"], "test_accuracy": test["accuracy"],
-            "buckets": {k: b for k, b in test["buckets"].items()}, "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i][recipe.GATE_METRIC]),
+            "buckets": {k: b for k, b in test["buckets"].items()}, "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i][recipe.SELECT_METRIC]),
             "train_seconds": sum(h["train_seconds"] for h in history), "n_trainable": model.n_trainable(), "protocol": data.info["protocol"]}
 
 

@@ -63,7 +63,8 @@ def run_ours(args: argparse.Namespace) -> int:
     from models.seqrec.data import leave_one_out, load_sequences
 
     ckpt_dir = Path(args.work_dir).resolve() / "ckpt" / f"{args.dataset}-{args.model}-{os.getpid()}"
-    overrides = {"data.dataset": args.dataset, "model.name": args.model, "train.device": "cpu", "train.resume": False,
+    overrides = {"data.dataset": args.dataset, "model.name": args.model, "registry.model_name": args.model,
+                 "train.device": "cpu", "train.resume": False,
                  "train.epochs": args.max_epochs, "train.checkpoint_dir": str(ckpt_dir.parent)}
     overrides["train.time_budget_s"] = float(args.budget_s)
     cfg, config_source = load_section(SeqRecConfig, "seqrec", REPO / "params.yaml", overrides), "params.yaml seqrec + overrides"
@@ -83,7 +84,7 @@ def run_ours(args: argparse.Namespace) -> int:
     def report(epoch: int, m: dict) -> None:
         spent[0] += m["train_seconds"] + m["valid_seconds"]
         print(f"[ours] epoch {epoch + 1}: train {m['train_seconds']:.1f}s, valid {m['valid_seconds']:.1f}s, "
-              f"valid NDCG@10 {m[recipe.GATE_METRIC]:.4f}, spent {spent[0]:.1f}s", file=sys.stderr, flush=True)
+              f"valid NDCG@10 {m[recipe.SELECT_METRIC]:.4f}, spent {spent[0]:.1f}s", file=sys.stderr, flush=True)
 
     print(f"[ours] {args.dataset} {args.model}: {n_users} users, {data.n_items} items, {n_targets} train targets; "
           f"data preparation {data_prep_s:.1f}s; budget via recipe train.time_budget_s",
@@ -114,7 +115,7 @@ def run_ours(args: argparse.Namespace) -> int:
         "train_seconds_total": sum(train_s), "valid_seconds_total": sum(valid_s), "train_seconds_per_epoch": mean_train,
         "users_per_s": n_users / mean_train, "targets_per_s": n_targets / mean_train,
         "valid_eval_seconds": sum(valid_s) / len(valid_s),
-        "best_epoch": best + 1, "best_valid_ndcg_at_10": history[best][recipe.GATE_METRIC],
+        "best_epoch": best + 1, "best_valid_ndcg_at_10": history[best][recipe.SELECT_METRIC],
         "best_valid": {k[len("valid_"):]: v for k, v in history[best].items() if k.startswith("valid_") and k != "valid_seconds"},
         "test": {k: v for k, v in test.items()}, "test_eval_seconds": test_s,
         "epochs": epochs,

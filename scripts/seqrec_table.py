@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = collect(Path(args.metrics_dir))
     if not rows:
-        raise SystemExit(f"{args.metrics_dir}: no <variant>-<dataset>.json files; run `dvc repro train_seqrec` first")
+        raise SystemExit(f"{args.metrics_dir}: no <variant>-<dataset>.json files; run `dvc repro models/seqrec/dvc.yaml:train_seqrec` first")
     md = markdown(rows)
     atomic_write_text(f"{args.out}.md", md)
     atomic_write_json(f"{args.out}.json", rows)

@@ -73,6 +73,5 @@ def tiny_cfg(tiny_melu, tmp_path):
     return MeluConfig.tiny(
         data={"processed_dir": str(processed), "raw_dir": str(tiny_melu[0])},
         train={"checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu"},
-        metrics_path=str(tmp_path / "metrics" / "melu.json"),
-        plots_dir=str(tmp_path / "plots"),
+        outputs={"metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots")},
     )

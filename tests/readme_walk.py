@@ -1,6 +1,6 @@
 """The README's shell commands, and how the tests walk each one (tests/test_readme.py, tests/test_dvc_pipeline.py).
 
-Every command of every ```bash block of README.md must appear in :data:`WALK` with what the walk does with it:
+Every command of every ```bash block of README.md and of the models' README.md files must appear in :data:`WALK` with what the walk does with it:
 
 - ``run``: run as written in a copy of the repository where the four systems were trained on the real mirror
   with tiny settings (tests/test_dvc_pipeline.py), with the substitutions listed (a free port for a fixed one, the
@@ -19,7 +19,16 @@ import re
 import shlex
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+
+def readmes() -> list[Path]:
+    """The top README, then each catalogued model's notes in catalog order (their commands assume the top README's
+    activation)."""
+    from models.catalog import names
+
+    return [README, *(REPO / "models" / m / "README.md" for m in names())]
 
 # command prefix (as it starts in the README, comments excluded) -> (action, note)
 WALK: dict[str, tuple[str, str]] = {
@@ -39,10 +48,10 @@ WALK: dict[str, tuple[str, str]] = {
     "curl -s 127.0.0.1:5001/invocations": ("run", "against the server above"),
     "python -m flows.model seqrec --variant sasrec --set data.dataset=Yelp": (
         "skip", "trains SASRec on Yelp until early stopping: tens of minutes on 2 cores"),
-    "dvc repro train_seqrec@fanc-Beauty": ("run", ""),
+    "dvc repro models/seqrec/dvc.yaml:train_seqrec@fanc-Beauty": ("run", ""),
     "make serve MODEL=models:/fanc@champion_beauty PORT=5002": ("serve", "PORT=<free port>"),
     "curl -s 127.0.0.1:5002/invocations": ("run", "against the server above"),
-    "dvc repro train_dissan": ("run", "trains the two DisSAN stages the copy had not run, with the copy's tiny settings"),
+    "dvc repro models/dissan/dvc.yaml:train_dissan": ("run", "trains the two DisSAN stages the copy had not run, with the copy's tiny settings"),
     "python scripts/dissan_table.py --seeds 0 1 2": ("skip", "nine DisSAN trainings at full size: about 20 minutes"),
     "python scripts/dissan_benchmark.py": ("skip", "a benchmark at paper sizes: minutes of CPU time, results in docs/results.md"),
     "python -m data.stages.download --dataset snli_official": ("skip", "the SNLI train split is not in the mirror (official URL, no internet in CI)"),
@@ -53,8 +62,8 @@ WALK: dict[str, tuple[str, str]] = {
     "curl -s 127.0.0.1:5003/invocations": ("run", "against the server above"),
     "python -m data.stages.preprocess_sgg --source vg150_h5": ("skip", "the VG150 h5 files are not in the mirror"),
     "python -m flows.model egtr --set dataset=vg150": ("skip", "needs the VG150 conversion above and GPU-days at paper sizes"),
-    "dvc repro train_egtr@synthetic": ("run", "up to date in the copy (trained with tiny settings)"),
-    "dvc repro train_egtr@vrd_sample": ("skip", "the VRD fit check: about 40 minutes"),
+    "dvc repro models/egtr/dvc.yaml:train_egtr@synthetic": ("run", "up to date in the copy (trained with tiny settings)"),
+    "dvc repro models/egtr/dvc.yaml:train_egtr@vrd_sample": ("skip", "the VRD fit check: about 40 minutes"),
     "python scripts/egtr_benchmark.py": ("skip", "a benchmark at paper sizes (600 x 1000 images): minutes per image batch"),
     "python -m models.egtr.infer --model models:/egtr@champion_synthetic": ("run", "on the copy's first synthetic test image"),
 }
@@ -67,7 +76,7 @@ def bash_blocks(text: str) -> list[str]:
 def commands(text: str | None = None) -> list[str]:
     """The commands of the README's bash blocks, as bash reads them: continuation lines and multi-line quotes
     joined, comment-only lines dropped."""
-    text = README.read_text() if text is None else text
+    text = "\n".join(p.read_text() for p in readmes()) if text is None else text
     out = []
     for block in bash_blocks(text):
         buf = ""

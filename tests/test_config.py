@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -38,29 +39,36 @@ def test_wrong_type_is_named(tmp_path):
 def test_every_params_key_is_commented_with_a_type():
     for n, line in enumerate((REPO / "params.yaml").read_text().splitlines(), 1):
         if re.match(r"^\s+\w+:\s*[^#\s]", line) and not line.strip().startswith("#"):
-            assert re.search(r"#\s*\((int|float|str|bool|list\[\w+\])\)", line), f"params.yaml:{n} lacks a '# (type) meaning' comment"
+            assert re.search(r"#\s*\((int|float|str|bool|dict|list\[\w+\])(\|null)?\)", line), f"params.yaml:{n} lacks a '# (type) meaning' comment"
+
+
+def _dvc_stages():
+    """Every stage of every dvc.yaml of the repository, resolved by DVC itself (foreach / matrix expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return list(repo.index.stages)
 
 
 def test_dvc_params_exist_and_deps_exist():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    from dvc.dependency.param import ParamsDependency
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    produced = []  # outputs of stages (templated names as regexes): a dep on them need not exist in git
-    for stage in dvc["stages"].values():
-        body = stage.get("do", stage)
-        for kind in ("outs", "metrics", "plots"):
-            for out in body.get(kind, []):
-                path = next(iter(out)) if isinstance(out, dict) else out
-                produced.append(re.compile(re.sub(r"\\\$\\\{[^}]+\\\}", "[^/]+", re.escape(path))))
-    for name, stage in dvc["stages"].items():
-        body = stage.get("do", stage)
-        for key in body.get("params", []):
-            node = params
-            for part in key.split("."):
-                assert part in node, f"dvc.yaml stage {name}: param {key} not in params.yaml"
-                node = node[part]
-        for dep in body.get("deps", []):
-            if "${" not in dep and not any(p.fullmatch(dep) for p in produced):
-                assert (REPO / dep).exists(), f"dvc.yaml stage {name}: dep {dep} does not exist"
+    stages = _dvc_stages()
+    produced = {o.fs_path for st in stages for o in st.outs}  # a dep on another stage's output need not exist in git
+    assert {st.path for st in stages} == {str(REPO / "dvc.yaml"), *(str(p) for p in REPO.glob("models/*/dvc.yaml"))}
+    for st in stages:
+        assert st.wdir == str(REPO), f"{st.addressing}: paths must be relative to the repository root (wdir: ../..)"
+        for dep in st.deps:
+            if isinstance(dep, ParamsDependency):
+                assert Path(dep.fs_path) == REPO / "params.yaml", f"{st.addressing}: params from {dep.fs_path}"
+                for key in dep.params:
+                    node = params
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, f"{st.addressing}: param {key} not in params.yaml"
+                        node = node[part]
+            elif dep.fs_path not in produced:
+                assert Path(dep.fs_path).exists(), f"{st.addressing}: dep {dep.def_path} does not exist"
 
 
 def test_prefect_entrypoints_import_and_use_the_gpu_pool():
@@ -143,3 +151,43 @@ def test_updated_copies_are_validated():
     assert updated(cfg, {"train.local_steps": 1}).train.local_steps == 1 and cfg.train.local_steps == 5
     with pytest.raises(ConfigError, match=r"melu|train\.local_steps"):
         updated(cfg, {"train.local_steps": 0})  # what model_copy(update=...) would have let through
+
+
+@pytest.mark.parametrize("name", ["melu", "seqrec", "dissan", "egtr"])
+def test_every_model_has_the_shared_shape_and_one_fingerprint_rule(name):
+    """outputs + registry sections of the shared types; the checkpoint key ignores paths, device, outputs and registry
+    and changes with anything that changes the weights."""
+    from importlib import import_module
+
+    from models.catalog import get
+    from models.common.config import OutputsConfig, RegistryConfig
+
+    spec = get(name)
+    cfg = spec.load_config(REPO / "params.yaml")
+    assert isinstance(cfg.outputs, OutputsConfig) and isinstance(cfg.registry, RegistryConfig)
+    recipe = import_module(f"models.{name}.recipe")
+    fp = (lambda c: recipe.fingerprint(c, "sgg")) if name == "egtr" else recipe.fingerprint
+    same = {"outputs.metrics_dir": "elsewhere", "registry.experiment": "other", "registry.model_name": None}
+    same |= {"device": "cpu", "out_dir": "x"} if name == "egtr" else {"train.device": "cpu", "train.checkpoint_dir": "x", "train.resume": False}
+    if name == "seqrec":
+        same.pop("registry.model_name")  # seqrec: null is allowed, but fanc != model.name is not (tested below)
+    changed = {"sgg.lr": 1e-3} if name == "egtr" else {"train.lr" if name != "melu" else "train.global_lr": 1e-2}
+    assert fp(spec.load_config(REPO / "params.yaml", same)) == fp(cfg)
+    assert fp(spec.load_config(REPO / "params.yaml", changed)) != fp(cfg)
+
+
+def test_registry_settings_are_checked():
+    from models.catalog import get
+
+    for name, bad, expect in (
+        ("seqrec", {"registry.gate_metric": "valid_ndcg_at_7"}, r"seqrec\.registry\.gate_metric: 'valid_ndcg_at_7' is not a validation metric.*K in eval\.ks \[5, 10, 20\]"),
+        ("egtr", {"registry.gate_metric": "val_R_at_7"}, r"egtr\.registry\.gate_metric: 'val_R_at_7'"),
+        ("dissan", {"registry.gate_metric": "test_accuracy"}, r"dissan\.registry\.gate_metric: 'test_accuracy': the gate compares dev_accuracy"),
+        ("seqrec", {"model.name": "sasrec"}, r"seqrec\.registry\.model_name: 'fanc' would register a sasrec model under another model's name"),
+        ("melu", {"registry.gate_mode": "lowest"}, r"melu\.registry\.gate_mode: Input should be 'min' or 'max'"),
+    ):
+        with pytest.raises(ConfigError, match=expect):
+            get(name).load_config(REPO / "params.yaml", bad)
+    with pytest.raises(ValueError, match=r"variant: 'gru' is not a variant of seqrec; expected one of \['fanc'"):
+        get("seqrec").variant("gru")
+    assert get("seqrec").load_config(REPO / "params.yaml", get("seqrec").variant("fanc_no_gate")).registry.model_name is None

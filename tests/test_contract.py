@@ -21,9 +21,11 @@ from tests.conftest import REPO
 NAMES = catalog.names()
 
 
-def _dvc_cmds() -> list[str]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return [" ".join(str((s.get("do") or s).get("cmd", "")).split()) for s in stages.values()]
+def _dvc_stages(name: str) -> dict[str, dict]:
+    """The stages of ``models/<name>/dvc.yaml`` (unresolved: matrix/foreach bodies)."""
+    path = REPO / "models" / name / "dvc.yaml"
+    assert path.is_file(), f"model {name}: no {path.relative_to(REPO)} (a model's DVC stages live in its folder)"
+    return yaml.safe_load(path.read_text())["stages"]
 
 
 def _deployments() -> list[dict]:
@@ -46,11 +48,26 @@ def test_params_dvc_stage_and_deployment(name):
         spec.load_config(REPO / "params.yaml", overrides)  # every named variant is a valid config
     ident = spec.identity(cfg)
     assert ident.gate_mode in ("max", "min") and ident.gate_metric and ident.experiment
-    assert any(c.startswith(f"python -m flows.model {name} ") for c in _dvc_cmds()), f"no DVC stage runs {name}"
+    assert (REPO / "models" / name / "README.md").is_file(), f"model {name}: no models/{name}/README.md (its notes)"
+    stages = _dvc_stages(name)
+    cmds = [" ".join(str((st.get("do") or st).get("cmd", "")).split()) for st in stages.values()]
+    assert any(c.startswith(f"python -m flows.model {name} ") for c in cmds), f"no stage of models/{name}/dvc.yaml runs {name}"
+    assert ident.dvc_stage.split(":")[0] == f"models/{name}/dvc.yaml" and ident.dvc_stage.split(":")[1].split("@")[0] in stages
+    code = sorted(f"models/{name}/{p.name}" for p in (REPO / "models" / name).glob("*.py"))
+    for stage_name, st in stages.items():
+        body = st.get("do") or st
+        if "flows.model" not in str(body.get("cmd", "")):
+            continue
+        deps = body.get("deps", [])
+        # the model's code file by file (its folder would include its own dvc.lock): every .py file, no stale entry
+        assert sorted(d for d in deps if d.startswith(f"models/{name}/")) == code, f"{stage_name}: deps != {code}"
+        for shared in ("models/common", "models/catalog.py", "flows", "tasks", "data/config.py", "data/atomic.py"):
+            assert shared in deps, f"{stage_name}: {shared} is not a dependency"
     deps = [d for d in _deployments() if d["parameters"].get("model") == name]
     assert deps and all(d["entrypoint"] == "flows/model.py:model_flow" for d in deps)
     for d in deps:  # a deployment's overrides are a valid config too
-        spec.load_config(REPO / "params.yaml", d["parameters"].get("overrides") or {})
+        p = d["parameters"]
+        spec.load_config(REPO / "params.yaml", {**spec.variant(p.get("variant")), **(p.get("overrides") or {})})
 
 
 def _sha(path: str) -> str:
@@ -86,7 +103,7 @@ def test_tiny_trains_resumes_evaluates_and_serves(name, mlflow_store, tmp_path, 
     uri = spec.log_model(cfg, run_id, done)
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "logged")))
     code = [p for p in (local / "code").rglob("*") if p.is_file()]
-    assert code and all(p.suffix == ".py" for p in code if "data" in p.relative_to(local / "code").parts[:1])  # no datasets
+    assert code and all(p.suffix == ".py" for p in code)  # no datasets, no DVC files (DVC would collect them)
     model = mlflow.pyfunc.load_model(uri)
     example = model.input_example
     out = model.predict(example)  # through the logged signature's enforcement

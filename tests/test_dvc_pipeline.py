@@ -21,7 +21,8 @@ from tests.conftest import REPO, mirror_dir
 pytestmark = [pytest.mark.slow, pytest.mark.mirror]
 
 
-TARGETS = ["train_melu", "train_seqrec@fanc-Beauty", "train_dissan@dissan-sick", "train_egtr@synthetic"]
+TARGETS = ["models/melu/dvc.yaml:train_melu", "models/seqrec/dvc.yaml:train_seqrec@fanc-Beauty",
+           "models/dissan/dvc.yaml:train_dissan@dissan-sick", "models/egtr/dvc.yaml:train_egtr@synthetic"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def trained_copy(tmp_path_factory):
     params["seqrec"]["train"].update({"epochs": 1, "time_budget_s": 0.0})
     params["dissan"]["model"].update({"classifier_hidden": 16})
     params["dissan"]["train"].update({"epochs": 1})
-    params["sgg_data"]["synthetic"].update({"train": 12, "val": 4, "test": 4, "size": 64, "max_objects": 3, "max_size": 24})
+    params["data"]["preprocess_sgg"]["synthetic"].update({"train": 12, "val": 4, "test": 4, "size": 64, "max_objects": 3, "max_size": 24})
     from models.egtr.tiny import TINY_EGTR
 
     for key in ("detector", "pretrain", "sgg", "augment"):
@@ -86,17 +87,17 @@ def test_dvc_repro_twice_metrics_plots_and_champion(trained_copy, tmp_path):
     assert run.data.tags["dvc.data.data/processed/melu"] == lock["preprocess_melu"]["outs"][0]["md5"]
     assert run.data.tags["dvc.data.data/raw/melu_movielens"] == lock["download@melu_movielens"]["outs"][0]["md5"]
     assert run.data.tags["git_commit"] not in ("", "unknown")
-    assert run.data.tags["dvc.stage"] == "train_melu"
+    assert run.data.tags["dvc.stage"] == TARGETS[0]
     fanc_v = client.get_model_version_by_alias("fanc", "champion_beauty")
     assert client.get_model_version_by_alias("dissan", "champion_sick")
     fanc = json.loads((work / "metrics" / "seqrec" / "fanc-Beauty.json").read_text())
     assert fanc["epochs"] == 1 and fanc["protocol"] == "full ranking over all items"
     assert "run_id" not in fanc and "train_seconds" not in fanc["training"]  # run-specific values live in MLflow
-    assert client.get_run(fanc_v.run_id).data.tags["dvc.stage"] == "train_seqrec@fanc-Beauty"
+    assert client.get_run(fanc_v.run_id).data.tags["dvc.stage"] == TARGETS[1]
     egtr = json.loads((work / "metrics" / "egtr" / "synthetic.json").read_text())
     assert egtr["synthetic"] is True and egtr["detector"]["epochs_run"] == 2 and "run_id" not in egtr
     egtr_v = client.get_model_version_by_alias("egtr", "champion_synthetic")
-    assert client.get_run(egtr_v.run_id).data.tags["dvc.stage"] == "train_egtr@synthetic"
+    assert client.get_run(egtr_v.run_id).data.tags["dvc.stage"] == TARGETS[3]
     sgg_stats = json.loads((work / "metrics" / "sgg_data" / "synthetic.json").read_text())
     assert sgg_stats["train"]["images"] == 12 and sgg_stats["source"] == "synthetic"
 
@@ -104,7 +105,7 @@ def test_dvc_repro_twice_metrics_plots_and_champion(trained_copy, tmp_path):
     check = sh(sys.executable, "-m", "flows.registry_check", *targets)
     assert check.returncode == 0, check.stdout + check.stderr
     versions = {m: len(client.search_model_versions(f"name='{m}'")) for m in ("melu", "fanc", "dissan", "egtr")}
-    forced = sh("dvc", "repro", "--force", "--single-item", "train_melu")
+    forced = sh("dvc", "repro", "--force", "--single-item", TARGETS[0])
     assert forced.returncode == 0 and '"reused": true' in forced.stdout, forced.stdout[-3000:]
     assert len(client.search_model_versions("name='melu'")) == versions["melu"]
 

@@ -529,10 +529,11 @@ def test_synthetic_scene_params_are_validated_before_anything_is_written(tmp_pat
     from tests.conftest import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value, expect in (("trian", 3, r"sgg_data\.synthetic\.trian: unknown key"),
-                               ("train", "many", r"sgg_data\.synthetic\.train: Input should be a valid integer"),
-                               ("max_size", 500, r"sgg_data\.synthetic: min_size <= max_size < size expected \(got 14, 500, 128\)$")):
-        bad = {**raw, "sgg_data": {**raw["sgg_data"], "synthetic": {**raw["sgg_data"]["synthetic"], key: value}}}
+    for key, value, expect in (("trian", 3, r"data\.preprocess_sgg\.synthetic\.trian: unknown key"),
+                               ("train", "many", r"data\.preprocess_sgg\.synthetic\.train: Input should be a valid integer"),
+                               ("max_size", 500, r"data\.preprocess_sgg\.synthetic: min_size <= max_size < size expected \(got 14, 500, 128\)$")):
+        sgg = raw["data"]["preprocess_sgg"]
+        bad = {**raw, "data": {"preprocess_sgg": {**sgg, "synthetic": {**sgg["synthetic"], key: value}}}}
         p = tmp_path / "params.yaml"
         p.write_text(yaml.safe_dump(bad))
         from data.stages.preprocess_sgg import synthetic_params

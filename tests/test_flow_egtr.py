@@ -55,7 +55,7 @@ def test_synthetic_generator_is_seeded_and_labelled(tmp_path):
 def tiny_synthetic(tmp_path):
     data = generate(tmp_path / "sgg", train=12, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=0)
     params = {"egtr": {**TINY_EGTR, "data_dir": str(data), "out_dir": str(tmp_path / "out"),
-                       "metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots")}}
+                       "outputs": {"metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots")}}}
     from models.egtr.config import EgtrConfig
 
     p = tmp_path / "params.yaml"  # every subsection written out, as params.yaml has them (a missing one is an error)

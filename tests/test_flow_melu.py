@@ -50,9 +50,9 @@ def test_flow_trains_evaluates_registers_and_serves_pyfunc(flow_result, tiny_cfg
     for state in ("warm", "user_cold", "item_cold", "user_and_item_cold"):
         assert 0 < result["metrics"][f"{state}_mae"] < 4 and 0 < result["metrics"][f"{state}_ndcg_at_3"] <= 1
     # DVC metrics/plots files and MLflow artifacts
-    metrics = json.loads(open(tiny_cfg.metrics_path).read())["melu"]
+    metrics = json.loads(open(tmp_path / "metrics" / "melu.json").read())["melu"]
     assert metrics["cold_mae_mean"] == pytest.approx(result["metrics"]["cold_mae_mean"])
-    assert (tmp_path / "plots" / "learning_curve.csv").read_text().count("\n") == tiny_cfg.train.epochs + 1
+    assert (tmp_path / "plots" / "melu" / "learning_curve.csv").read_text().count("\n") == tiny_cfg.train.epochs + 1
     arts = {a.path for a in c.list_artifacts(result["run_id"], "evidence")}
     assert {"evidence/evidence_candidates.csv", "evidence/top_k.json"} <= arts
     top = json.loads(open(mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="evidence/top_k.json")).read())

@@ -33,7 +33,7 @@ def test_seqrec_flow_registers_each_model_and_serves_top_k(prefect_harness, mlfl
 
     monkeypatch.chdir(tmp_path)
     fanc = model_flow("seqrec", params_path=tiny_seqrec)
-    gru = model_flow("seqrec", params_path=tiny_seqrec, overrides={"model.name": "gru4rec"})
+    gru = model_flow("seqrec", params_path=tiny_seqrec, variant="gru4rec")
     c = MlflowClient()
     for name, res in (("fanc", fanc), ("gru4rec", gru)):
         assert res["registry"]["promoted"] and res["registry"]["gate_metric"] == "valid_ndcg_at_10"
@@ -85,7 +85,7 @@ def test_ablation_is_tracked_but_not_registered_and_the_table_reads_it(prefect_h
     res = json.loads((tmp_path / "metrics" / "seqrec" / "fanc_no_gravity-Beauty.json").read_text())
     assert res["variant"] == "fanc_no_gravity" and "registry" not in res and res["label"] == "FaNC (reconstruction)"
     card = json.loads((tmp_path / "bundle" / "model.json").read_text())  # the DVC output: weights + card, not registered
-    assert card["registered_model"] is None and card["stage"] == "train_seqrec@fanc_no_gravity-Beauty"
+    assert card["registered_model"] is None and card["stage"] == "models/seqrec/dvc.yaml:train_seqrec@fanc_no_gravity-Beauty"
     assert (tmp_path / "bundle" / "model.pt").stat().st_size > 0 and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     run = MlflowClient().get_run(json.loads((tmp_path / "run.json").read_text())["run_id"])
     assert run.data.tags["variant"] == "fanc_no_gravity" and run.data.params["seqrec.model.fanc.gravity"] == "False"

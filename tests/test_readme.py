@@ -43,7 +43,7 @@ def test_activation_comes_before_the_commands_that_need_it():
 
 def test_named_modules_scripts_targets_and_stages_exist():
     makefile = (REPO / "Makefile").read_text()
-    stages = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=REPO, capture_output=True,
+    stages = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all", "--name-only"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
     for c in commands():
         w = words(c).split()

@@ -16,7 +16,7 @@ Sources:
                  ``predicates.txt``, ``{train,test}_image_metadata.json``; ``--raw`` = the mirror's ``vrd/``).
 * ``vrd_sample`` the 61 real VRD test images of the mirror (``sample_images/``) as train = val = test.
 * ``synthetic``  SYNTHETIC shapes with programmatic relations (:mod:`data.synthetic_scenes`), arguments from the
-                 ``sgg_data.synthetic`` section of ``--params``; for CI and the CPU learning benchmark.
+                 ``data.preprocess_sgg.synthetic`` section of ``--params``; for CI and the CPU learning benchmark.
 
 Usage::
 
@@ -593,7 +593,7 @@ def convert(source: str, raw: Path, out: Path, val_images: int | None = None, ma
 
 
 class SyntheticScenesParams(StrictConfig):
-    """``sgg_data.synthetic`` of params.yaml: the arguments of :func:`data.synthetic_scenes.generate`, validated
+    """``data.preprocess_sgg.synthetic`` of params.yaml: the arguments of :func:`data.synthetic_scenes.generate`, validated
     (unknown keys, wrong types and out-of-range sizes stop before anything is written)."""
 
     train: int = Field(2000, ge=1)
@@ -614,20 +614,23 @@ class SyntheticScenesParams(StrictConfig):
         return self
 
 
+SYNTHETIC_SECTION = "data.preprocess_sgg.synthetic"
+
+
 def synthetic_params(params_path: Path) -> dict:
-    """The ``sgg_data.synthetic`` section of params.yaml (arguments of :func:`data.synthetic_scenes.generate`)."""
+    """The ``data.preprocess_sgg.synthetic`` section of params.yaml (arguments of :func:`data.synthetic_scenes.generate`)."""
     import yaml
 
-    section = (yaml.safe_load(params_path.read_text()) or {}).get("sgg_data", {}).get("synthetic")
+    section = ((yaml.safe_load(params_path.read_text()) or {}).get("data", {}).get("preprocess_sgg", {}) or {}).get("synthetic")
     if not isinstance(section, dict):
-        raise ValueError(f"{params_path}: section sgg_data.synthetic is missing")
-    return validate(SyntheticScenesParams, section, source=str(params_path), section="sgg_data.synthetic").model_dump()
+        raise ValueError(f"{params_path}: section {SYNTHETIC_SECTION} is missing")
+    return validate(SyntheticScenesParams, section, source=str(params_path), section=SYNTHETIC_SECTION).model_dump()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=["vrd", "vrd_sample", "vg150_h5", "reltr", "openimages", "synthetic"])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="synthetic: reads sgg_data.synthetic")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="synthetic: reads data.preprocess_sgg.synthetic")
     ap.add_argument("--raw", type=Path, help="input directory of the source")
     ap.add_argument("--out", type=Path, help="dataset directory to write (replaced atomically)")
     ap.add_argument("--metrics", type=Path, help="where to write dataset_stats() as JSON")

@@ -3,7 +3,9 @@
 A model is its folder ``models/<name>/``: it exports one :class:`ModelSpec` (in ``models/<name>/pipeline.py``, as
 ``MODEL``) and the catalog (:mod:`models.catalog`) lists it in one line. The spec names
 
-- its config class (a :class:`~data.config.StrictConfig`) and ``params.yaml`` section, its ``tiny`` preset
+- its config class (a :class:`~data.config.StrictConfig` with the shared ``outputs`` and ``registry`` sections of
+  :mod:`models.common.config`, and a ``train`` section on :class:`~models.common.config.TrainBase` or per-stage
+  sections) and ``params.yaml`` section, its ``tiny`` preset
   (``models/<name>/tiny.py``: a small synthetic dataset and a config that trains on it in seconds) and its named
   variants (override presets, applied before ``--set``);
 - the DVC data targets a scheduled run brings up to date first;
@@ -27,6 +29,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from data.config import StrictConfig, load_section
+from models.common.config import OutputsConfig, RegistryConfig
+
+
+def dvc_address(model: str, stage: str) -> str:
+    """How DVC addresses ``stage`` of ``models/<model>/dvc.yaml`` from the repository root (``dvc repro <address>``)."""
+    return f"models/{model}/dvc.yaml:{stage}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Stage:
 class RunIdentity:
     experiment: str
     run_name: str
-    dvc_stage: str  # the DVC stage that runs this configuration (tags, model card)
+    dvc_stage: str  # the DVC stage that runs this configuration, as dvc_address() gives it (tags, model card)
     registered_model: str | None  # None: tracked, not registered (ablations, baselines, pipeline checks)
     gate_metric: str
     gate_mode: str  # "max" | "min"
@@ -81,6 +89,11 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: stages must be non-empty with distinct names, got {names}")
         if self.tiny is None:
             raise TypeError(f"model {self.name}: no tiny preset (tests and the contract test train it)")
+        for section, kind in (("outputs", OutputsConfig), ("registry", RegistryConfig)):
+            field_ = self.config.model_fields.get(section)
+            if field_ is None or not (isinstance(field_.annotation, type) and issubclass(field_.annotation, kind)):
+                raise TypeError(f"model {self.name}: {self.config.__name__} needs a {section!r} section of type "
+                                f"{kind.__name__} (models/common/config.py: the config shape every model shares)")
 
     @property
     def section(self) -> str:
@@ -101,6 +114,14 @@ class ModelSpec:
             if name not in fields and name in namespace:
                 fields[name] = namespace[name]
         return cls(**fields)
+
+    def variant(self, name: str | None) -> dict:
+        """The overrides of the named variant (``{}`` for None)."""
+        if name is None:
+            return {}
+        if name not in self.variants:
+            raise ValueError(f"variant: {name!r} is not a variant of {self.name}; expected one of {sorted(self.variants)}")
+        return dict(self.variants[name])
 
     def data_targets_for(self, cfg) -> list[str]:
         return list(self.data_targets(cfg) if callable(self.data_targets) else self.data_targets)

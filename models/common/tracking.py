@@ -226,7 +226,7 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-            input_example=input_example, code_paths=[str(repo_root / "models"), str(python_package_copy(repo_root / "data", tmp))],
+            input_example=input_example, code_paths=[str(python_package_copy(repo_root / "models", tmp)), str(python_package_copy(repo_root / "data", tmp))],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               f"pandas=={pd.__version__}", "pyarrow<26", "numpy", *extra_requirements],
         )
@@ -235,7 +235,8 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
 
 def python_package_copy(package: Path, dest: str | Path) -> Path:
     """``dest/<package name>/``: the package's ``.py`` files only (``data/`` also holds the datasets, which must
-    never travel with a model)."""
+    never travel with a model; ``models/<m>/`` holds its DVC files, which DVC would collect from an artifact store
+    inside the repository as pipelines of their own)."""
     import shutil
 
     out = Path(dest) / package.name

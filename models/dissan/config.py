@@ -8,11 +8,12 @@ size is d = 50 (5 heads of 10), not the paper's 300 (spec §7.1).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from data.config import Device, PositiveInts, StrictConfig
+from data.config import PositiveInts, StrictConfig
+from models.common.config import OutputsConfig, RegistryConfig, TrainBase
 
 
 class DissanDataConfig(StrictConfig):
@@ -23,6 +24,8 @@ class DissanDataConfig(StrictConfig):
     max_len: int = Field(83, ge=1)  # tokens kept per sentence (an unofficial port's 83); longer ones are cut
     oov_init: Literal["uniform", "shared_unk"] = "uniform"  # frozen U(-0.05, 0.05) per word, or one <unk>
     min_count: int = Field(1, ge=1)  # training-split words seen fewer times map to <unk>
+
+    not_in_fingerprint: ClassVar[frozenset[str]] = frozenset({"raw_dir"})
 
 
 class DissanModelConfig(StrictConfig):
@@ -39,17 +42,13 @@ class DissanModelConfig(StrictConfig):
     lstm_hidden: int = Field(300, ge=1)  # BiLSTM-max baseline, per direction
 
 
-class DissanTrainConfig(StrictConfig):
+class DissanTrainConfig(TrainBase):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(20, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(0.0, ge=0)  # 0 = none
-    init_seed: int = 0
-    order_seed: int = 0
-    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/dissan"
-    resume: bool = True
 
 
 class DissanEvalConfig(StrictConfig):
@@ -65,24 +64,30 @@ class DissanEvalConfig(StrictConfig):
         return v
 
 
-class DissanOutputConfig(StrictConfig):
-    metrics_dir: str = "metrics/dissan"  # <variant>-<dataset>.json per run (DVC metrics)
-    plots_dir: str = "plots/dissan"  # <variant>-<dataset>/ learning curve, confusion matrix, length buckets
-
-
 class DissanConfig(StrictConfig):
     data: DissanDataConfig = DissanDataConfig()
     model: DissanModelConfig = DissanModelConfig()
     train: DissanTrainConfig = DissanTrainConfig()
     eval: DissanEvalConfig = DissanEvalConfig()
-    outputs: DissanOutputConfig = DissanOutputConfig()
+    # <metrics_dir>/<variant>-<dataset>.json; <plots_dir>/<variant>-<dataset>/ learning curve, confusion matrix, buckets
+    outputs: OutputsConfig = OutputsConfig(metrics_dir="metrics/dissan", plots_dir="plots/dissan")
+    # the variants set model_name (the ablation and the baseline: null, tracked only); aliases champion_<dataset>
+    registry: RegistryConfig = RegistryConfig(model_name="dissan", experiment="dissan", gate_metric="dev_accuracy",
+                                              gate_mode="max")
+
+    @model_validator(mode="after")
+    def _gate_on_dev(self) -> "DissanConfig":
+        if self.registry.gate_metric != "dev_accuracy":
+            raise ValueError(f"registry.gate_metric: {self.registry.gate_metric!r}: the gate compares dev_accuracy "
+                             f"(the paper selects on dev; test accuracy never decides)")
+        return self
 
 
 # The variants of the results table: the model, its ablation without the distance mask, the baseline.
 VARIANTS: dict[str, dict] = {
-    "dissan": {"model.encoder": "dissan"},
-    "dissan_no_distance": {"model.encoder": "dissan", "model.distance_mask": False},
-    "bilstm_max": {"model.encoder": "bilstm_max"},
+    "dissan": {"model.encoder": "dissan", "registry.model_name": "dissan"},
+    "dissan_no_distance": {"model.encoder": "dissan", "model.distance_mask": False, "registry.model_name": None},
+    "bilstm_max": {"model.encoder": "bilstm_max", "registry.model_name": None},
 }
 
 

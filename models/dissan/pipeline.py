@@ -16,7 +16,7 @@ import torch
 
 from models.common import tracking
 from models.common.checkpoint import atomic_torch_save
-from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
+from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
 from models.dissan import recipe, report
 from models.dissan.tiny import tiny
@@ -25,10 +25,10 @@ from models.dissan.modeling import NLIClassifier
 
 
 def identity(cfg: DissanConfig) -> RunIdentity:
-    dataset, variant = cfg.data.dataset, variant_of(cfg)
+    dataset, variant, r = cfg.data.dataset, variant_of(cfg), cfg.registry
     return RunIdentity(
-        experiment=f"dissan-{dataset}", run_name=f"{variant}-{dataset}", dvc_stage=f"train_dissan@{variant}-{dataset}",
-        registered_model="dissan" if variant == "dissan" else None, gate_metric=recipe.GATE_METRIC, gate_mode="max",
+        experiment=f"{r.experiment}-{dataset}", run_name=f"{variant}-{dataset}", dvc_stage=dvc_address("dissan", f"train_dissan@{variant}-{dataset}"),
+        registered_model=r.model_name if variant == "dissan" else None, gate_metric=r.gate_metric, gate_mode=r.gate_mode,
         scope=dataset, data_paths=(f"{cfg.data.raw_dir}/{dataset}", cfg.data.vectors),
         tags={"model": "dissan", "dataset": dataset, "variant": variant})
 
@@ -48,7 +48,7 @@ def train(cfg: DissanConfig, run_id: str, done: dict) -> dict:
     c = tracking.client()
     c.set_tag(run_id, "eval.protocol", data.info["protocol"])
     c.set_tag(run_id, "comparable_to_paper", str(data.info["comparable_to_paper"]).lower())
-    best = max(history, key=lambda h: h[recipe.GATE_METRIC])
+    best = max(history, key=lambda h: h[recipe.SELECT_METRIC])
     return {"weights": str(weights), "meta": str(meta), "epochs": len(history), "best_dev": best, "data": data.info,
             "n_trainable": model.n_trainable()}
 
@@ -79,8 +79,8 @@ def evaluate(cfg: DissanConfig, run_id: str, done: dict) -> Evaluation:
     }
     tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result, run_id)
     comparable = bool(result["comparable_to_paper"])
-    return Evaluation(result, metrics[recipe.GATE_METRIC], registrable=comparable,
-                      dvc_stage=None if comparable else f"{dataset}_check_dissan")
+    return Evaluation(result, metrics[cfg.registry.gate_metric], registrable=comparable,
+                      dvc_stage=None if comparable else dvc_address("dissan", f"{dataset}_check_dissan"))
 
 
 def log_model(cfg: DissanConfig, run_id: str, done: dict) -> str:

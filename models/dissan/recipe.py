@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -26,12 +24,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.common.checkpoint import atomic_torch_save, check_finite, load_checkpoint, run_epochs
+from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import generator, select_device, set_seed
 from models.dissan.config import DissanConfig
 from models.dissan.data import LABELS, NLIPairs, Vocab, build_vectors, encode, load_splits
 from models.dissan.modeling import NLIClassifier
 
-GATE_METRIC = "dev_accuracy"
+SELECT_METRIC = "dev_accuracy"  # best checkpoint (paper: best dev accuracy); the registry gate is registry.gate_metric
 NOT_COMPARABLE = "SNLI pipeline check without the SNLI train split (trained on 90% of dev): not comparable to the paper"
 
 
@@ -44,9 +43,8 @@ class Prepared:
 
 
 def fingerprint(cfg: DissanConfig) -> str:
-    blob = json.dumps({"data": cfg.data.model_dump(exclude={"raw_dir"}), "model": cfg.model.model_dump(),
-                       "train": cfg.train.model_dump(exclude={"device", "checkpoint_dir", "resume"})}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The checkpoint key: the data, model and train sections, minus their paths, device and resume switch."""
+    return config_fingerprint({"data": cfg.data, "model": cfg.model, "train": cfg.train})
 
 
 def _subset(p: NLIPairs, idx: np.ndarray) -> NLIPairs:
@@ -143,10 +141,10 @@ def train(cfg: DissanConfig, data: Prepared | None = None, ckpt_dir: str | None 
             correct += int((logits.argmax(-1) == y).sum())
         seconds = time.perf_counter() - started
         dev = evaluate(model, data.splits["dev"], device, cfg.eval.length_buckets)
-        metrics = {"train_loss": total / n, "train_accuracy": correct / n, GATE_METRIC: dev["accuracy"],
+        metrics = {"train_loss": total / n, "train_accuracy": correct / n, SELECT_METRIC: dev["accuracy"],
                    "train_seconds": seconds, "train_pairs_per_s": n / seconds}
-        if metrics[GATE_METRIC] > best["score"]:
-            best["score"] = metrics[GATE_METRIC]
+        if metrics[SELECT_METRIC] > best["score"]:
+            best["score"] = metrics[SELECT_METRIC]
             atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "score": best["score"], "epoch": epoch + 1}, best_path)
         return metrics
 

@@ -7,11 +7,12 @@ this project override the sizes (see ``params.yaml``), never the formulas.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from data.config import Device, PositiveInts, StrictConfig
+from models.common.config import OutputsConfig, RegistryConfig, check_gate_metric
 
 
 class DetectorConfig(StrictConfig):
@@ -73,6 +74,11 @@ class StageConfig(StrictConfig):
     time_budget_s: float = Field(0.0, ge=0.0)  # exploration only (run tagged reproducible=false); 0 = none
     num_workers: int = Field(0, ge=0)
 
+    # neither changes what an epoch computes (the budget only decides when to stop; the run is then tagged
+    # reproducible=false). seqrec keeps its time_budget_s in its fingerprint: both are kept as they were so that
+    # the existing checkpoints stay valid
+    not_in_fingerprint: ClassVar[frozenset[str]] = frozenset({"time_budget_s", "num_workers"})
+
 
 class AugmentConfig(StrictConfig):
     """The DETR COCO recipe: flip, then multi-scale resize (or resize -> random crop -> multi-scale resize)."""
@@ -114,8 +120,16 @@ class EgtrConfig(StrictConfig):
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
     pretrained: str = ""  # a stage-0 detector checkpoint to start stage 1 from ("" = run / reuse stage 0)
-    metrics_dir: str = "metrics/egtr"  # the flows write <dataset>-pretrain.json / <dataset>.json here (DVC metrics)
-    plots_dir: str = "plots/egtr"
+    # <metrics_dir>/<dataset>.json and <dataset>-pretrain.json; <plots_dir>/<dataset>/ curves, per-predicate recall
+    outputs: OutputsConfig = OutputsConfig(metrics_dir="metrics/egtr", plots_dir="plots/egtr")
+    # aliases champion_<dataset>; the gate is validation R@50 (val_R_at_K, K in eval.ks)
+    registry: RegistryConfig = RegistryConfig(model_name="egtr", experiment="egtr", gate_metric="val_R_at_50",
+                                              gate_mode="max")
+
+    @model_validator(mode="after")
+    def _gate_metric_exists(self) -> "EgtrConfig":
+        check_gate_metric(self.registry, r"val_R_at_(?P<k>\d+)", self.eval.ks, "val_R_at_K")
+        return self
 
 
 # Named variants (override presets of the egtr section; the DVC matrix stage train_egtr runs synthetic and vrd_sample).

@@ -15,14 +15,11 @@ import json
 from pathlib import Path
 
 from models.common import tracking
-from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
+from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
 from models.egtr import recipe, report
 from models.egtr.tiny import tiny
 from models.egtr.config import VARIANTS, EgtrConfig
-
-GATE_METRIC = "val_R_at_50"
-
 
 def _is_synthetic(cfg: EgtrConfig) -> bool:
     meta = Path(cfg.data_dir) / "meta.json"
@@ -36,8 +33,9 @@ def reproducible(cfg: EgtrConfig) -> bool:
 
 def identity(cfg: EgtrConfig) -> RunIdentity:
     return RunIdentity(
-        experiment=f"egtr-{cfg.dataset}", run_name=f"sgg-{cfg.dataset}", dvc_stage=f"train_egtr@{cfg.dataset}",
-        registered_model="egtr", gate_metric=GATE_METRIC, gate_mode="max", scope=cfg.dataset, data_paths=(cfg.data_dir,),
+        experiment=f"{cfg.registry.experiment}-{cfg.dataset}", run_name=f"sgg-{cfg.dataset}", dvc_stage=dvc_address("egtr", f"train_egtr@{cfg.dataset}"),
+        registered_model=cfg.registry.model_name, gate_metric=cfg.registry.gate_metric, gate_mode=cfg.registry.gate_mode,
+        scope=cfg.dataset, data_paths=(cfg.data_dir,),
         tags={"model": "egtr", "dataset": cfg.dataset, "synthetic": str(_is_synthetic(cfg)).lower(),
               "reproducible": str(reproducible(cfg)).lower()})
 
@@ -89,7 +87,7 @@ def pretrain(cfg: EgtrConfig, run_id: str, done: dict) -> dict:
     det = evaluate_detector(cfg, run_id, trained["weights"], "val")
     result = {"run_id": run_id, "weights": trained["weights"], "epochs_run": trained["epochs_run"],
               "stopped_by": trained["stopped_by"], "reproducible": reproducible(cfg), "seconds": trained["seconds"], **det}
-    tracking.write_metrics(Path(cfg.metrics_dir) / f"{cfg.dataset}-pretrain.json", result, run_id)
+    tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{cfg.dataset}-pretrain.json", result, run_id)
     return result | {"source": "stage pretrain"}
 
 
@@ -127,6 +125,7 @@ def evaluate(cfg: EgtrConfig, run_id: str, done: dict) -> Evaluation:
         "sgg_epochs_run": trained["epochs_run"], "sgg_stopped_by": trained["stopped_by"], "sgg_seconds": trained["seconds"],
         "reproducible": reproducible(cfg),
         "val_R_at_50": val["egtr"]["R_at_50"],
+        cfg.registry.gate_metric: val["egtr"][cfg.registry.gate_metric.removeprefix("val_")],
         "test": {k: test["egtr"][k] for k in keys if k in test["egtr"]},
         "test_untrained_head": {k: test["untrained_head"][k] for k in ("R_at_20", "R_at_50", "R_at_100", "mR_at_50")},
         "test_freq_only": {k: test["freq_only"][k] for k in ("R_at_20", "R_at_50", "R_at_100", "mR_at_50")},
@@ -135,8 +134,8 @@ def evaluate(cfg: EgtrConfig, run_id: str, done: dict) -> Evaluation:
     for extra in ("oi_R_at_50", "oi_wmAP_rel", "oi_wmAP_phr", "oi_score_wtd"):
         if extra in test["egtr"]:
             result["test"][extra] = test["egtr"][extra]
-    tracking.write_metrics(Path(cfg.metrics_dir) / f"{cfg.dataset}.json", result, run_id)
-    return Evaluation(result, result[GATE_METRIC])
+    tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{cfg.dataset}.json", result, run_id)
+    return Evaluation(result, result[cfg.registry.gate_metric])
 
 
 def example_image(cfg: EgtrConfig) -> str:

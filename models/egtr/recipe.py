@@ -19,7 +19,6 @@ model from a detector file (or the reverse) fails with a message that says which
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.common.checkpoint import atomic_torch_save, check_finite, latest_checkpoint, run_epochs
+from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import select_device, set_seed
 from models.common.stopping import StopRule
 from models.egtr.config import EgtrConfig, StageConfig
@@ -42,15 +42,14 @@ class CheckpointKindError(ValueError):
 
 
 def fingerprint(cfg: EgtrConfig, stage: str) -> str:
-    import hashlib
-
-    keep = {"seed": cfg.seed, "data_dir": cfg.data_dir, "detector": cfg.detector.model_dump(), "loss": cfg.loss.model_dump(),
-            "stage": getattr(cfg, stage).model_dump(exclude={"time_budget_s", "num_workers"}),
-            "augment": cfg.augment.model_dump(), "kind": stage}
+    """The checkpoint key of ``stage``: its own settings plus, for ``sgg``, its upstream's (the pretrained detector's
+    path, or stage 0's settings), so SGG reuses stage 0 and a changed relation head leaves stage 0 alone."""
+    keep = {"seed": cfg.seed, "data_dir": cfg.data_dir, "detector": cfg.detector, "loss": cfg.loss,
+            "stage": getattr(cfg, stage), "augment": cfg.augment, "kind": stage}
     if stage == "sgg":  # the relation settings and the detector it starts from are part of its identity (not stage 0's)
-        keep["relation"] = cfg.relation.model_dump()
-        keep["init"] = cfg.pretrained or getattr(cfg, "pretrain").model_dump(exclude={"time_budget_s", "num_workers"})
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        keep["relation"] = cfg.relation
+        keep["init"] = cfg.pretrained or cfg.pretrain
+    return config_fingerprint(keep)
 
 
 def label_space(data_dir: str | Path) -> tuple[list[str], list[str]]:

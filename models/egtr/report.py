@@ -10,7 +10,7 @@ from models.egtr.config import EgtrConfig
 
 
 def plots_dir(cfg: EgtrConfig) -> Path:
-    return Path(cfg.plots_dir) / cfg.dataset
+    return Path(cfg.outputs.plots_dir) / cfg.dataset
 
 
 def plot_predicate_recall(per_predicate: list[float], names: list[str], title: str, path: Path) -> Path:

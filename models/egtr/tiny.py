@@ -26,5 +26,5 @@ def tiny(root: Path) -> dict:
     root = Path(root)
     data = generate(root / "sgg", train=8, val=4, test=4, size=64, max_objects=3, min_size=12, max_size=24, seed=1)
     raw = {**TINY_EGTR, "pretrain": {**TINY_EGTR["pretrain"], "finetune_epochs": 0}, "data_dir": str(data),
-           "out_dir": str(root / "out"), "metrics_dir": str(root / "metrics"), "plots_dir": str(root / "plots")}
+           "out_dir": str(root / "out"), "outputs": {"metrics_dir": str(root / "metrics"), "plots_dir": str(root / "plots")}}
     return EgtrConfig.model_validate(raw).model_dump(mode="json")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from data.config import Device, PositiveInts, StrictConfig
+from data.config import PositiveInts, StrictConfig
+from models.common.config import OutputsConfig, RegistryConfig, TrainBase
 
 # the states of the official MeLU data (models.melu.data.STATES; repeated here so the config needs no torch)
 STATES = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
@@ -21,13 +22,15 @@ class MeluDataConfig(StrictConfig):
     query_size: int = Field(10, ge=1)
     episode_seed: int = 0
 
+    not_in_fingerprint: ClassVar[frozenset[str]] = frozenset({"raw_dir", "processed_dir"})
+
 
 class MeluModelConfig(StrictConfig):
     embedding_dim: int = Field(32, ge=1)
     hidden: PositiveInts = [64, 64]
 
 
-class MeluTrainConfig(StrictConfig):
+class MeluTrainConfig(TrainBase):
     local_lr: float = Field(5e-6, gt=0)
     global_lr: float = Field(5e-5, gt=0)
     local_steps: int = Field(5, ge=1)
@@ -36,11 +39,7 @@ class MeluTrainConfig(StrictConfig):
     epochs: int = Field(30, ge=1)
     global_optimizer: Literal["adam", "sgd_sum"] = "adam"
     drop_last: bool = True
-    init_seed: int = 0
-    order_seed: int = 0
-    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/melu"
-    resume: bool = True
 
 
 class MeluEvalConfig(StrictConfig):
@@ -70,13 +69,6 @@ class MeluBaselinesConfig(StrictConfig):
     ppr: BaselineConfig = BaselineConfig(lr=5e-3, l2=1e-4)
 
 
-class MeluRegistryConfig(StrictConfig):
-    model_name: str = "melu"
-    experiment: str = "melu"
-    gate_metric: str = "cold_mae_mean"
-    gate_mode: Literal["min", "max"] = "min"
-
-
 class MeluConfig(StrictConfig):
     data: MeluDataConfig = MeluDataConfig()
     model: MeluModelConfig = MeluModelConfig()
@@ -84,9 +76,8 @@ class MeluConfig(StrictConfig):
     eval: MeluEvalConfig = MeluEvalConfig()
     evidence: MeluEvidenceConfig = MeluEvidenceConfig()
     baselines: MeluBaselinesConfig = MeluBaselinesConfig()
-    registry: MeluRegistryConfig = MeluRegistryConfig()
-    metrics_path: str = "metrics/melu.json"
-    plots_dir: str = "plots/melu"
+    outputs: OutputsConfig = OutputsConfig(metrics_dir="metrics", plots_dir="plots")  # metrics/melu.json, plots/melu/
+    registry: RegistryConfig = RegistryConfig(model_name="melu", experiment="melu", gate_metric="cold_mae_mean", gate_mode="min")
 
     def metric_names(self) -> list[str]:
         """The final metrics this configuration produces (models.melu.recipe.evaluate_states)."""

@@ -11,7 +11,7 @@ import torch
 
 from models.common import tracking
 from models.common.checkpoint import atomic_torch_save
-from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
+from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
 from models.melu import recipe, report
 from models.melu.tiny import tiny
@@ -28,7 +28,7 @@ def _load_model(cfg: MeluConfig, weights: str, vocab_sizes: dict[str, int], devi
 def identity(cfg: MeluConfig) -> RunIdentity:
     r = cfg.registry
     return RunIdentity(experiment=r.experiment, run_name=f"melu-{cfg.train.local_steps}-{cfg.train.meta_order}",
-                       dvc_stage="train_melu", registered_model=r.model_name, gate_metric=r.gate_metric,
+                       dvc_stage=dvc_address("melu", "train_melu"), registered_model=r.model_name, gate_metric=r.gate_metric,
                        gate_mode=r.gate_mode, data_paths=(cfg.data.raw_dir, cfg.data.processed_dir),
                        tags={"meta_order": cfg.train.meta_order, "local_steps": str(cfg.train.local_steps)})
 

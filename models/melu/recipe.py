@@ -18,8 +18,6 @@ Raises:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -28,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from models.common.checkpoint import check_finite, run_epochs
+from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import generator, select_device, set_seed
 from models.melu.config import MeluConfig
 from models.melu.data import Episodes, MeluTables, build_episodes, load_tables
@@ -38,9 +37,7 @@ from models.melu.modeling import MeLU
 
 def fingerprint(cfg: MeluConfig) -> str:
     """Hash of everything that changes the trained weights (data, model, train sections, minus I/O keys)."""
-    train = cfg.train.model_dump(exclude={"device", "checkpoint_dir", "resume"})
-    blob = json.dumps({"data": cfg.data.model_dump(exclude={"raw_dir", "processed_dir"}), "model": cfg.model.model_dump(), "train": train}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return config_fingerprint({"data": cfg.data, "model": cfg.model, "train": cfg.train})
 
 
 @dataclass

@@ -9,6 +9,14 @@ from models.melu.config import MeluConfig
 from models.melu.metrics import TIE_RULE
 
 
+def metrics_path(cfg: MeluConfig) -> Path:
+    return Path(cfg.outputs.metrics_dir) / "melu.json"
+
+
+def plots_dir(cfg: MeluConfig) -> Path:
+    return Path(cfg.outputs.plots_dir) / "melu"
+
+
 def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
     import matplotlib
 
@@ -28,14 +36,14 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
 
 
 def write(cfg: MeluConfig, run_id: str, metrics: dict[str, float], history: list[dict[str, float]]) -> dict:
-    """``metrics_path`` (the final metrics of every state, the gate metric, tie rule and settings) and the curves."""
+    """``metrics_path(cfg)`` (the final metrics of every state, the gate metric, tie rule and settings) and the curves."""
     payload = {"melu": {**metrics, "gate_metric": cfg.registry.gate_metric, "tie_rule": TIE_RULE,
                         "local_steps": cfg.train.local_steps, "meta_order": cfg.train.meta_order,
                         "episode_seed": cfg.data.episode_seed, "epochs": cfg.train.epochs}}
-    tracking.atomic_write_json(cfg.metrics_path, payload)
+    tracking.atomic_write_json(metrics_path(cfg), payload)
     if history:
-        curves = tracking.write_history_csv(history, Path(cfg.plots_dir) / "learning_curve.csv")
-        png = plot_curves(history, Path(cfg.plots_dir) / "learning_curve.png")
+        curves = tracking.write_history_csv(history, plots_dir(cfg) / "learning_curve.csv")
+        png = plot_curves(history, plots_dir(cfg) / "learning_curve.png")
         tracking.log_file(run_id, curves, "plots")
         tracking.log_file(run_id, png, "plots")
     return payload

@@ -58,5 +58,5 @@ def tiny(root: Path) -> dict:
     preprocess(raw, Path(root) / "processed")
     cfg = MeluConfig.tiny(data={"raw_dir": str(raw), "processed_dir": str(Path(root) / "processed")},
                           train={"epochs": 1, "checkpoint_dir": str(Path(root) / "ckpt"), "device": "cpu"},
-                          metrics_path=str(Path(root) / "metrics" / "melu.json"), plots_dir=str(Path(root) / "plots"))
+                          outputs={"metrics_dir": str(Path(root) / "metrics"), "plots_dir": str(Path(root) / "plots")})
     return cfg.model_dump(mode="json")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from data.config import Device, PositiveInts, StrictConfig
+from data.config import PositiveInts, StrictConfig
+from models.common.config import OutputsConfig, RegistryConfig, TrainBase, check_gate_metric
 
 DATASETS = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
 
@@ -15,6 +16,8 @@ class SeqRecDataConfig(StrictConfig):
     processed_dir: str = "data/processed/seqrec"
     dataset: Literal["Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp"] = "Beauty"
     max_len: int = Field(50, ge=2)
+
+    not_in_fingerprint: ClassVar[frozenset[str]] = frozenset({"processed_dir"})
 
 
 class FancConfig(StrictConfig):
@@ -45,17 +48,14 @@ class SeqRecModelConfig(StrictConfig):
     sasrec: SasrecConfig = SasrecConfig()
 
 
-class SeqRecTrainConfig(StrictConfig):
+class SeqRecTrainConfig(TrainBase):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)  # early stopping on validation NDCG@10
     weight_decay: float = Field(0.0, ge=0)
-    init_seed: int = 0
-    order_seed: int = 0
-    device: Device = "auto"
     checkpoint_dir: str = "checkpoints/seqrec"
-    resume: bool = True
+    # exploration only; part of the fingerprint (EGTR's stage budgets are not: see models/egtr/config.py)
     time_budget_s: float = Field(0.0, ge=0)  # exploration only (run tagged reproducible=false): train+validation s; 0 = none
 
 
@@ -67,26 +67,39 @@ class SeqRecEvalConfig(StrictConfig):
     batch_users: int = Field(512, ge=1)
 
 
-class SeqRecOutputConfig(StrictConfig):
-    metrics_dir: str = "metrics/seqrec"  # <variant>-<dataset>.json per run (DVC metrics)
-    plots_dir: str = "plots/seqrec"  # <variant>-<dataset>/ learning curve, gate histogram, trajectory (DVC plots)
-
-
 class SeqRecConfig(StrictConfig):
     data: SeqRecDataConfig = SeqRecDataConfig()
     model: SeqRecModelConfig = SeqRecModelConfig()
     train: SeqRecTrainConfig = SeqRecTrainConfig()
     eval: SeqRecEvalConfig = SeqRecEvalConfig()
-    outputs: SeqRecOutputConfig = SeqRecOutputConfig()
+    # <metrics_dir>/<variant>-<dataset>.json; <plots_dir>/<variant>-<dataset>/ learning curve, gate histogram, trajectory
+    outputs: OutputsConfig = OutputsConfig(metrics_dir="metrics/seqrec", plots_dir="plots/seqrec")
+    # registered as the model's name (the variants set it; the ablations set null), gated per dataset
+    registry: RegistryConfig = RegistryConfig(model_name="fanc", experiment="seqrec", gate_metric="valid_ndcg_at_10",
+                                              gate_mode="max")
+
+    @model_validator(mode="after")
+    def _gate_metric_exists(self) -> "SeqRecConfig":
+        check_gate_metric(self.registry, r"valid_(hr|ndcg)_at_(?P<k>\d+)", self.eval.ks, "valid_hr_at_K or valid_ndcg_at_K")
+        return self
+
+    @model_validator(mode="after")
+    def _registered_as_itself(self) -> "SeqRecConfig":
+        name = self.registry.model_name
+        if name is not None and name != self.model.name:
+            raise ValueError(f"registry.model_name: {name!r} would register a {self.model.name} model under another "
+                             f"model's name; set registry.model_name={self.model.name} (or null: not registered), or use "
+                             f"--variant {self.model.name}")
+        return self
 
 
 # The variants of the results table: the three models and the two FaNC ablations (not registered).
 VARIANTS: dict[str, dict] = {
-    "gru4rec": {"model.name": "gru4rec"},
-    "sasrec": {"model.name": "sasrec"},
-    "fanc": {"model.name": "fanc"},
-    "fanc_no_gravity": {"model.name": "fanc", "model.fanc.gravity": False},
-    "fanc_no_gate": {"model.name": "fanc", "model.fanc.gate": False},
+    "gru4rec": {"model.name": "gru4rec", "registry.model_name": "gru4rec"},
+    "sasrec": {"model.name": "sasrec", "registry.model_name": "sasrec"},
+    "fanc": {"model.name": "fanc", "registry.model_name": "fanc"},
+    "fanc_no_gravity": {"model.name": "fanc", "model.fanc.gravity": False, "registry.model_name": None},
+    "fanc_no_gate": {"model.name": "fanc", "model.fanc.gate": False, "registry.model_name": None},
 }
 ABLATIONS = ("fanc_no_gravity", "fanc_no_gate")
 

@@ -2,9 +2,9 @@
 per run: train (early stopping on validation NDCG@10 under a fixed maximum of epochs) -> test evaluation -> FaNC
 gate and trajectory analysis -> metrics file -> log model -> register.
 
-The registered model is named after the model (``fanc``, ``gru4rec``, ``sasrec``) and gated per dataset: aliases
-``champion_<dataset>`` / ``challenger_<dataset>`` (e.g. ``models:/fanc@champion_beauty``), gate metric validation
-NDCG@10 (higher is better). The FaNC ablations (variants ``fanc_no_gravity`` / ``fanc_no_gate``) are tracked and
+The registered model is named after the model (``registry.model_name``: ``fanc``, ``gru4rec``, ``sasrec``, set by
+the variants) and gated per dataset: aliases ``champion_<dataset>`` / ``challenger_<dataset>`` (e.g.
+``models:/fanc@champion_beauty``), gate metric ``registry.gate_metric`` (validation NDCG@10, higher is better). The FaNC ablations (variants ``fanc_no_gravity`` / ``fanc_no_gate``) are tracked and
 written to the table but not registered. FaNC is a reconstruction (see models/seqrec/modeling.py).
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from models.common import tracking
 from models.common.checkpoint import atomic_torch_save
-from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage
+from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
 from models.seqrec import recipe, report
 from models.seqrec.tiny import tiny
@@ -27,10 +27,10 @@ from models.seqrec.modeling import build_model
 
 
 def identity(cfg: SeqRecConfig) -> RunIdentity:
-    name, dataset, variant = cfg.model.name, cfg.data.dataset, variant_of(cfg)
+    name, dataset, variant, r = cfg.model.name, cfg.data.dataset, variant_of(cfg), cfg.registry
     return RunIdentity(
-        experiment=f"seqrec-{dataset}", run_name=f"{variant}-{dataset}", dvc_stage=f"train_seqrec@{variant}-{dataset}",
-        registered_model=None if variant in ABLATIONS else name, gate_metric=recipe.GATE_METRIC, gate_mode="max",
+        experiment=f"{r.experiment}-{dataset}", run_name=f"{variant}-{dataset}", dvc_stage=dvc_address("seqrec", f"train_seqrec@{variant}-{dataset}"),
+        registered_model=None if variant in ABLATIONS else r.model_name, gate_metric=r.gate_metric, gate_mode=r.gate_mode,
         scope=dataset.lower(), data_paths=("data/raw/s3rec_sequences", cfg.data.processed_dir),
         tags={"model": name, "dataset": dataset, "variant": variant, "reconstruction": str(name == "fanc").lower(),
               "reproducible": str(recipe.stop_rule(cfg).reproducible).lower()})
@@ -53,7 +53,7 @@ def train(cfg: SeqRecConfig, run_id: str, done: dict) -> dict:
                                 Path("outputs") / "seqrec" / run_id / "model.pt")
     curves = tracking.write_history_csv(history, report.plots_dir(cfg) / "learning_curve.csv")
     tracking.log_file(run_id, curves, "plots")
-    best = max(history, key=lambda h: h[recipe.GATE_METRIC])
+    best = max(history, key=lambda h: h[recipe.SELECT_METRIC])
     budget = {
         "epochs": len(history),
         "train_seconds": sum(h["train_seconds"] for h in history),
@@ -93,7 +93,7 @@ def evaluate(cfg: SeqRecConfig, run_id: str, done: dict) -> Evaluation:
         "training": trained["training"], "fanc_analysis": analysis,
     }
     tracking.write_metrics(Path(cfg.outputs.metrics_dir) / f"{variant}-{dataset}.json", result, run_id)
-    return Evaluation(result, trained["best_valid"][recipe.GATE_METRIC])
+    return Evaluation(result, trained["best_valid"][cfg.registry.gate_metric])
 
 
 def log_model(cfg: SeqRecConfig, run_id: str, done: dict) -> str:
@@ -117,5 +117,5 @@ MODEL = ModelSpec.of(
     stages=(Stage("train", train),),
     variants=VARIANTS,
     data_targets=("download@s3rec_sequences", "preprocess_seqrec"),
-    example="model.name=sasrec --set data.dataset=Yelp",
+    example="data.dataset=Yelp --set train.epochs=5",
 )

@@ -19,8 +19,6 @@ Raises:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.common.checkpoint import atomic_torch_save, check_finite, load_checkpoint, run_epochs
+from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import generator, select_device, set_seed
 from models.common.stopping import StopRule
 from models.seqrec.config import SeqRecConfig
@@ -38,13 +37,12 @@ from models.seqrec.data import EvalSplit, LeaveOneOut, leave_one_out, load_seque
 from models.seqrec.metrics import ranking_metrics, ranks_from_scores, sampled_ranks
 from models.seqrec.modeling import build_model
 
-GATE_METRIC = "valid_ndcg_at_10"
+SELECT_METRIC = "valid_ndcg_at_10"  # best checkpoint and early stopping (spec); the registry gate is registry.gate_metric
 
 
 def fingerprint(cfg: SeqRecConfig) -> str:
-    blob = json.dumps({"data": cfg.data.model_dump(exclude={"processed_dir"}), "model": cfg.model.model_dump(),
-                       "train": cfg.train.model_dump(exclude={"device", "checkpoint_dir", "resume"})}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The checkpoint key: the data, model and train sections, minus their paths, device and resume switch."""
+    return config_fingerprint({"data": cfg.data, "model": cfg.model, "train": cfg.train})
 
 
 def load_data(cfg: SeqRecConfig) -> LeaveOneOut:
@@ -73,7 +71,7 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device
 def stop_rule(cfg: SeqRecConfig) -> StopRule:
     """Early stopping on validation NDCG@10 with ``train.patience`` under ``train.epochs`` (+ exploration budget)."""
     t = cfg.train
-    return StopRule(GATE_METRIC, "max", t.patience, t.epochs, t.time_budget_s)
+    return StopRule(SELECT_METRIC, "max", t.patience, t.epochs, t.time_budget_s)
 
 
 def train(
@@ -127,8 +125,8 @@ def train(
         started = time.perf_counter()
         metrics.update({f"valid_{k}": v for k, v in evaluate(model, data.valid, cfg, device, ks=ks).items()})
         metrics["valid_seconds"] = time.perf_counter() - started
-        if metrics[GATE_METRIC] > best["score"]:
-            best["score"] = metrics[GATE_METRIC]
+        if metrics[SELECT_METRIC] > best["score"]:
+            best["score"] = metrics[SELECT_METRIC]
             state = {k: v.cpu() for k, v in model.state_dict().items()}
             atomic_torch_save({"model": state, "score": best["score"], "epoch": epoch + 1}, best_path)
         return metrics
