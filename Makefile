@@ -52,8 +52,9 @@ serve: venv ## serve a registered model over HTTP on 127.0.0.1: make serve MODEL
 melu-table: venv ## MeLU vs baselines over 3 episode seeds (docs/results.md table)
 	$(PY) scripts/melu_table.py --out docs/melu_table.json
 
-melu-bench: venv ## MeLU epoch time and peak memory, batched vs per-user loop
-	$(PY) scripts/melu_benchmark.py --out docs/melu_benchmark.json
+OFFICIAL ?=
+melu-bench: venv ## MeLU epoch time and memory, batched vs the official computation (OFFICIAL=<hoyeoplee/MeLU checkout>: also the official code)
+	$(PY) scripts/melu_benchmark.py --local-steps 1 5 --threads 1 2 $(if $(OFFICIAL),--official-repo $(OFFICIAL)) --out docs/melu_benchmark.json
 
 .venv-recbole/.installed:  ## RecBole's own environment (its pins conflict with the project's: numpy < 2, pandas < 3)
 	test -x .venv-recbole/bin/python || python3 -m venv .venv-recbole
