@@ -181,6 +181,7 @@ def test_registry_settings_are_checked():
 
     for name, bad, expect in (
         ("seqrec", {"registry.gate_metric": "valid_ndcg_at_7"}, r"seqrec\.registry\.gate_metric: 'valid_ndcg_at_7' is not a validation metric.*K in eval\.ks \[5, 10, 20\]"),
+        ("seqrec", {"eval.ks": [1, 5], "registry.gate_metric": "valid_hr_at_20"}, r"'valid_hr_at_20' is not a validation metric.*K in eval\.ks \[1, 5, 10\]"),
         ("egtr", {"registry.gate_metric": "val_R_at_7"}, r"egtr\.registry\.gate_metric: 'val_R_at_7'"),
         ("dissan", {"registry.gate_metric": "test_accuracy"}, r"dissan\.registry\.gate_metric: 'test_accuracy': the gate compares dev_accuracy"),
         ("seqrec", {"model.name": "sasrec"}, r"seqrec\.registry\.model_name: 'fanc' would register a sasrec model under another model's name"),

@@ -116,7 +116,7 @@ def test_training_learns_a_deterministic_next_item_rule_and_early_stops(name, tm
     cfg = SeqRecConfig.model_validate({
         "data": {"max_len": 8}, "model": {"name": name, "hidden": 16, "dropout": 0.0},
         "train": {"lr": 0.02, "batch_size": 32, "epochs": 60, "patience": 5, "device": "cpu"},
-        "eval": {"ks": [1, 5]},
+        "eval": {"ks": [1, 5]}, "registry": {**SeqRecConfig().registry.model_dump(), "model_name": None},
     })
     model, history = recipe.train(cfg, data, ckpt_dir=str(tmp_path / name), progress=False)
     test = recipe.evaluate(model, data.test, cfg, torch.device("cpu"))

@@ -80,7 +80,8 @@ class SeqRecConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _gate_metric_exists(self) -> "SeqRecConfig":
-        check_gate_metric(self.registry, r"valid_(hr|ndcg)_at_(?P<k>\d+)", self.eval.ks, "valid_hr_at_K or valid_ndcg_at_K")
+        ks = sorted(set(self.eval.ks) | {10})  # validation adds K = 10, the early-stopping metric (recipe.train)
+        check_gate_metric(self.registry, r"valid_(hr|ndcg)_at_(?P<k>\d+)", ks, "valid_hr_at_K or valid_ndcg_at_K")
         return self
 
     @model_validator(mode="after")
