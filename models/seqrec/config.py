@@ -78,10 +78,13 @@ class SeqRecConfig(StrictConfig):
     registry: RegistryConfig = RegistryConfig(model_name="fanc", experiment="seqrec", gate_metric="valid_ndcg_at_10",
                                               gate_mode="max")
 
+    def valid_ks(self) -> list[int]:
+        """The cut-offs of the validation metrics: ``eval.ks`` plus 10 (early stopping is on NDCG@10)."""
+        return sorted(set(self.eval.ks) | {10})
+
     @model_validator(mode="after")
     def _gate_metric_exists(self) -> "SeqRecConfig":
-        ks = sorted(set(self.eval.ks) | {10})  # validation adds K = 10, the early-stopping metric (recipe.train)
-        check_gate_metric(self.registry, r"valid_(hr|ndcg)_at_(?P<k>\d+)", ks, "valid_hr_at_K or valid_ndcg_at_K")
+        check_gate_metric(self.registry, r"valid_(hr|ndcg)_at_(?P<k>\d+)", self.valid_ks(), "valid_hr_at_K or valid_ndcg_at_K")
         return self
 
     @model_validator(mode="after")

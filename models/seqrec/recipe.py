@@ -121,7 +121,7 @@ def train(
                    "train_seq_per_s": users / train_seconds, "train_targets_per_s": n / train_seconds}
         if clip_batches:
             metrics["clip_fraction"] = clip_sum / clip_batches
-        ks = sorted(set(cfg.eval.ks) | {10})  # the early-stopping metric is NDCG@10
+        ks = cfg.valid_ks()
         started = time.perf_counter()
         metrics.update({f"valid_{k}": v for k, v in evaluate(model, data.valid, cfg, device, ks=ks).items()})
         metrics["valid_seconds"] = time.perf_counter() - started
