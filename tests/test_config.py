@@ -192,3 +192,20 @@ def test_registry_settings_are_checked():
     with pytest.raises(ValueError, match=r"variant: 'gru' is not a variant of seqrec; expected one of \['fanc'"):
         get("seqrec").variant("gru")
     assert get("seqrec").load_config(REPO / "params.yaml", get("seqrec").variant("fanc_no_gate")).registry.model_name is None
+
+
+def test_seqrec_fingerprint_skips_the_sub_sections_of_other_models():
+    """A SASRec option is not part of FaNC's checkpoint key (a new one must not invalidate FaNC's runs) and is part
+    of SASRec's; FaNC's options likewise."""
+    from models.catalog import get
+    from models.seqrec.recipe import fingerprint
+
+    spec = get("seqrec")
+    fanc = spec.load_config(REPO / "params.yaml", spec.variant("fanc"))
+    sasrec = spec.load_config(REPO / "params.yaml", spec.variant("sasrec"))
+    assert fingerprint(fanc.model_copy(update={"model": fanc.model.model_copy(update={"sasrec": fanc.model.sasrec.model_copy(update={"heads": 4})})})) == fingerprint(fanc)
+    assert fingerprint(spec.load_config(REPO / "params.yaml", spec.variant("fanc") | {"model.sasrec.pos_init": "torch"})) == fingerprint(fanc)
+    assert fingerprint(spec.load_config(REPO / "params.yaml", spec.variant("sasrec") | {"model.sasrec.pos_init": "torch"})) != fingerprint(sasrec)
+    assert fingerprint(spec.load_config(REPO / "params.yaml", spec.variant("sasrec") | {"model.fanc.damping": 0.5})) == fingerprint(sasrec)
+    assert fingerprint(spec.load_config(REPO / "params.yaml", spec.variant("fanc") | {"model.fanc.damping": 0.5})) != fingerprint(fanc)
+    assert fingerprint(spec.load_config(REPO / "params.yaml", spec.variant("fanc") | {"train.adam_beta2": 0.98})) != fingerprint(fanc)

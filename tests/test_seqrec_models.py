@@ -100,6 +100,20 @@ def test_sasrec_is_causal_and_ignores_padding_keys():
     assert torch.allclose(a[0, 2:], c[0, 2:], atol=1e-6)
 
 
+def test_sasrec_position_table_initialisations():
+    """xavier (the official code's glorot_uniform): bound sqrt(6 / (max_len + d)); normal: RecBole's std 0.02;
+    torch: nn.Embedding's N(0, 1); anything else is refused."""
+    torch.manual_seed(0)
+    w = SASRec(100, 64, 0.0, 2, 1, 50, pos_init="xavier").pos_emb.weight.detach()
+    bound = (6 / (50 + 64)) ** 0.5
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.95 * bound
+    assert abs(float(w.std()) - bound / 3 ** 0.5) < 0.01
+    assert abs(float(SASRec(100, 64, 0.0, 2, 1, 50, pos_init="normal").pos_emb.weight.std()) - 0.02) < 0.002
+    assert abs(float(SASRec(100, 64, 0.0, 2, 1, 50, pos_init="torch").pos_emb.weight.std()) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="model.sasrec.pos_init: 'glorot'"):
+        SASRec(100, 64, 0.0, 2, 1, 50, pos_init="glorot")
+
+
 @pytest.mark.parametrize("name", ["fanc", "gru4rec", "sasrec"])
 def test_training_learns_a_deterministic_next_item_rule_and_early_stops(name, tmp_path):
     """Tiny synthetic data where item i is always followed by item i + 1: every model must learn it."""

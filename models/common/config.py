@@ -10,8 +10,8 @@ Each model's section of ``params.yaml`` has the same three shared subsections:
   baselines), the MLflow experiment, the gate metric and its mode.
 
 The checkpoint key of a configuration is :func:`fingerprint` of the sections that change the trained weights; a
-config class lists its fields that do not (paths, device, resume) in ``not_in_fingerprint``, and
-:func:`result_fields` leaves them out.
+config class lists its fields that do not (paths, device, resume) in ``not_in_fingerprint`` (and, where it depends
+on the instance, returns them from ``unused_fields()``), and :func:`result_fields` leaves them out.
 """
 
 from __future__ import annotations
@@ -59,30 +59,24 @@ def check_gate_metric(registry: RegistryConfig, pattern: str, ks: list[int], exp
                          f"expected {expected} with K in eval.ks {list(ks)}")
 
 
-def result_fields(section: StrictConfig) -> dict[str, Any]:
-    """``section`` as plain values, without the fields its class declares in ``not_in_fingerprint`` (recursively)."""
-    skip = getattr(type(section), "not_in_fingerprint", frozenset())
-    out = {}
-    for name in type(section).model_fields:
-        if name in skip:
-            continue
-        value = getattr(section, name)
-        out[name] = result_fields(value) if isinstance(value, StrictConfig) else _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, StrictConfig):
-        return result_fields(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def result_fields(section: Any) -> Any:
+    """``section`` as plain values, recursively, without the fields that do not change the result: those its class
+    declares in ``not_in_fingerprint`` and those its ``unused_fields()`` names for this instance (e.g. the sub-section
+    of a model the config does not select)."""
+    if isinstance(section, StrictConfig):
+        skip = getattr(type(section), "not_in_fingerprint", frozenset())
+        unused = getattr(section, "unused_fields", None)
+        skip = skip | (unused() if unused else frozenset())
+        return {name: result_fields(getattr(section, name)) for name in type(section).model_fields if name not in skip}
+    if isinstance(section, (list, tuple)):
+        return [result_fields(v) for v in section]
+    if isinstance(section, dict):
+        return {k: result_fields(v) for k, v in section.items()}
+    return section
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
     """16 hex digits of SHA-256 over ``payload`` (config sections given as :class:`StrictConfig` objects or values):
     the key of a configuration's checkpoints, so a rerun of the same config resumes and a changed one starts fresh."""
-    blob = json.dumps({k: _plain(v) for k, v in payload.items()}, sort_keys=True)
+    blob = json.dumps({k: result_fields(v) for k, v in payload.items()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

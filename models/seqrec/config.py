@@ -38,6 +38,10 @@ class FancConfig(StrictConfig):
 class SasrecConfig(StrictConfig):
     layers: int = Field(2, ge=1)
     heads: int = Field(1, ge=1)
+    # the position table's initialisation: "xavier" = the official code's (tf.get_variable's default
+    # glorot_uniform, the same scale as the items); "normal" = RecBole's N(0, 0.02); "torch" = nn.Embedding's
+    # N(0, 1), which the runs before 2026-12-02 used (positions then dwarf the sqrt(d)-scaled items at the start)
+    pos_init: Literal["xavier", "normal", "torch"] = "xavier"
 
 
 class SeqRecModelConfig(StrictConfig):
@@ -47,9 +51,15 @@ class SeqRecModelConfig(StrictConfig):
     fanc: FancConfig = FancConfig()
     sasrec: SasrecConfig = SasrecConfig()
 
+    def unused_fields(self) -> frozenset[str]:
+        """The sub-sections of the models this config does not select: not part of its fingerprint, so a new SASRec
+        option does not invalidate FaNC's checkpoints."""
+        return frozenset({"fanc", "sasrec"} - {self.name})
+
 
 class SeqRecTrainConfig(TrainBase):
     lr: float = Field(1e-3, gt=0)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)  # Adam's second-moment decay (SASRec's official code: 0.98)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)  # early stopping on validation NDCG@10

@@ -142,10 +142,17 @@ class GRU4Rec(nn.Module):
 class SASRec(nn.Module):
     """SASRec (Kang & McAuley, 2018): causal self-attention over the sequence, learned positions."""
 
-    def __init__(self, n_items: int, hidden: int = 64, dropout: float = 0.2, layers: int = 2, heads: int = 1, max_len: int = 50):
+    def __init__(self, n_items: int, hidden: int = 64, dropout: float = 0.2, layers: int = 2, heads: int = 1, max_len: int = 50,
+                 pos_init: str = "xavier"):
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
+        if pos_init == "xavier":  # the official code's glorot_uniform
+            nn.init.xavier_uniform_(self.pos_emb.weight)
+        elif pos_init == "normal":  # RecBole
+            nn.init.normal_(self.pos_emb.weight, std=0.02)
+        elif pos_init != "torch":
+            raise ValueError(f"model.sasrec.pos_init: {pos_init!r}; expected xavier, normal or torch")
         self.drop = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(hidden, heads, hidden, dropout, activation="relu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -180,4 +187,4 @@ def build_model(cfg: SeqRecModelConfig, n_items: int, max_len: int) -> nn.Module
         return FaNC(n_items, cfg.hidden, cfg.dropout, cfg.fanc)
     if cfg.name == "gru4rec":
         return GRU4Rec(n_items, cfg.hidden, cfg.dropout)
-    return SASRec(n_items, cfg.hidden, cfg.dropout, cfg.sasrec.layers, cfg.sasrec.heads, max_len)
+    return SASRec(n_items, cfg.hidden, cfg.dropout, cfg.sasrec.layers, cfg.sasrec.heads, max_len, cfg.sasrec.pos_init)

@@ -87,7 +87,7 @@ def train(
     t = cfg.train
     set_seed(t.init_seed)
     model = build_model(cfg.model, data.n_items, cfg.data.max_len).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, t.adam_beta2), weight_decay=t.weight_decay)
     ckpt_dir = ckpt_dir or str(Path(t.checkpoint_dir) / fingerprint(cfg))
     best_path = Path(ckpt_dir) / "best.pt"
     best = {"score": -math.inf}
