@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", help="write the run id, metrics and registry decision to this JSON file")
     ap.add_argument("--model-out", help="write the final weights and model card to this folder (the DVC stage's output)")
     args = ap.parse_args(argv)
-    overrides = dict(spec.variants[args.variant]) if spec.variants and args.variant else {}
-    overrides.update(parse_overrides(args.overrides))
+    overrides = spec.variant(getattr(args, "variant", None)) | parse_overrides(args.overrides)
     from data.config import ConfigError
 
     try:

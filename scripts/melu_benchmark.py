@@ -56,7 +56,10 @@ OFFICIAL_NAMES = {"rate.weight": "item_emb.embedding_rate.weight", "bag.genre.we
 
 
 def _setup(args):
-    cfg = load_section(MeluConfig, "melu", args.params, {"train.meta_order": args.meta_order, "train.local_steps": args.local_steps})
+    over = {"train.meta_order": args.meta_order, "train.local_steps": args.local_steps}
+    if args.length_buckets is not None:
+        over["train.length_buckets"] = args.length_buckets
+    cfg = load_section(MeluConfig, "melu", args.params, over)
     data = recipe.load_data(cfg, states=["warm_state"])
     warm = data.episodes["warm_state"]
     torch.manual_seed(0)
@@ -115,7 +118,7 @@ def worker(impl: str, args) -> dict:
     cfg, data, warm, model, batches = _setup(args)
     t = cfg.train
     out = {"impl": impl, "users": len(warm), "meta_batches": len(batches), "meta_order": t.meta_order,
-           "local_steps": t.local_steps, "threads": args.threads}
+           "local_steps": t.local_steps, "threads": args.threads, "length_buckets": t.length_buckets}
     if impl == "check":
         ref = OfficialLayoutMeLU(model, data.tables)
         ep = warm.subset(batches[0][:8])
@@ -127,13 +130,31 @@ def worker(impl: str, args) -> dict:
             g_r = torch.autograd.grad(exact_query_loss(ref, ref.episodes(ep), t.local_steps, t.local_lr, order), dec)
             diffs[order] = max(float((a - b.reshape(a.shape)).abs().max()) for a, b in zip(g_b, g_r))
         return out | {"max_abs_diff_meta_grad": diffs}
+    if impl == "scaling":
+        # time per meta-batch against the number of users in it (the first b users of the same meta-batches): the
+        # intercept is the per-meta-batch cost that does not shrink with less work (operator dispatch, autograd
+        # bookkeeping), the slope the per-user work
+        sizes, per = [1, 2, 4, 8, 16, 32], {}
+        eps = [warm.subset(idx) for idx in batches[: args.loop_batches]]
+        for rep in range(3):
+            for b in sizes:
+                subs = [ep.subset(range(b)) for ep in eps]
+                t0 = time.perf_counter()
+                for ep in subs:
+                    query_losses(model, data.tables, ep, t.local_steps, t.local_lr, t.meta_order, t.length_buckets).mean().backward()
+                per.setdefault(b, []).append((time.perf_counter() - t0) / len(subs))
+        med = {b: float(np.median(v)) for b, v in per.items()}
+        slope, intercept = np.polyfit(sizes, [med[b] for b in sizes], 1)
+        return out | {"seconds_per_meta_batch_by_users": med, "fit_intercept_s": float(intercept), "fit_slope_s_per_user": float(slope),
+                      "intercept_share_at_32": float(intercept / med[32])}
     if impl == "batched":
         opt = torch.optim.Adam(model.parameters(), lr=t.global_lr)
         times = []
         for epoch in range(args.epochs):
             t0 = time.perf_counter()
             for idx in recipe.meta_batches(len(warm), t.meta_batch_size, t.order_seed, epoch, t.drop_last):
-                loss = query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order).mean()
+                loss = query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order,
+                                    t.length_buckets).mean()
                 opt.zero_grad(); loss.backward(); opt.step()
             times.append(time.perf_counter() - t0)
         from torch.utils.flop_counter import FlopCounterMode
@@ -141,7 +162,8 @@ def worker(impl: str, args) -> dict:
         flops = 0
         for idx in batches:  # matmul FLOPs of one epoch (forward + backward), counted, not timed
             with FlopCounterMode(display=False) as fc:
-                query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order).mean().backward()
+                query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order,
+                             t.length_buckets).mean().backward()
             flops += fc.get_total_flops()
         model.zero_grad()
         epoch_s = float(np.median(times))
@@ -194,11 +216,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--epochs", type=int, default=1, help="full epochs timed per round for the batched implementation")
     ap.add_argument("--loop-batches", type=int, default=8, help="meta-batches timed per round for reference / official")
+    ap.add_argument("--length-buckets", type=int, help="batched: train.length_buckets (default: params.yaml's)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     ap.add_argument("--official-repo", help="a checkout of hoyeoplee/MeLU @ f70c8ff: also time the official code")
     ap.add_argument("--work-dir", default="outputs/melu_benchmark", help="final weights of reference / official")
     ap.add_argument("--out", default="docs/melu_benchmark.json")
-    ap.add_argument("--worker", choices=["batched", "reference", "official", "check"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["batched", "reference", "official", "check", "scaling"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         args.local_steps, args.threads = args.local_steps[0], args.threads[0]
@@ -210,9 +233,10 @@ def main() -> None:
     for steps in args.local_steps:
         for threads in args.threads:
             check = _run("check", args, steps, threads)
+            scaling = _run("scaling", args, steps, threads)
             rounds = [{impl: _run(impl, args, steps, threads) for impl in impls} for _ in range(args.rounds)]
             med = {impl: float(np.median([r[impl]["epoch_seconds"] for r in rounds])) for impl in impls}
-            row = {"local_steps": steps, "threads": threads, "check": check, "rounds": rounds,
+            row = {"local_steps": steps, "threads": threads, "check": check, "scaling": scaling, "rounds": rounds,
                    "epoch_seconds": med, "speedup_vs_reference": med["reference"] / med["batched"]}
             b = rounds[-1]["batched"]
             row["batched_flops_share_of_peak"] = float(np.median([r["batched"]["achieved_flops_per_s"] for r in rounds])) / b["matmul_peak_flops_per_s"]
@@ -235,6 +259,20 @@ def main() -> None:
                  f"{r['speedup_vs_reference']:.1f}x", f"{r['speedup_vs_official']:.1f}x" if off else "-",
                  f"{b['achieved_flops_per_s'] / 1e9:.1f} ({100 * r['batched_flops_share_of_peak']:.0f}% of "
                  f"{b['matmul_peak_flops_per_s'] / 1e9:.0f})", f"{d['first']:.1e}, {d['second']:.1e}"]
+        print("| " + " | ".join(cells) + " |")
+    print("\nWhat does not shrink with the work: batched seconds per meta-batch against its users (first b users of the "
+          f"same {args.loop_batches} meta-batches, medians of 3), a linear fit; the bound is the official time per "
+          "meta-batch over the fit's intercept (the speed-up if the per-user work cost nothing).")
+    head = "| l | threads | s / meta-batch at b = 1, 8, 32 | intercept s (share at 32) | slope s / user | bound vs official |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        sc, m = r["scaling"], r["epoch_seconds"]
+        by = {int(k): v for k, v in sc["seconds_per_meta_batch_by_users"].items()}
+        off_mb = m["official"] / r["rounds"][-1]["batched"]["meta_batches"] if "official" in m else None
+        r["bound_vs_official"] = off_mb / sc["fit_intercept_s"] if off_mb and sc["fit_intercept_s"] > 0 else None
+        cells = [str(r["local_steps"]), str(r["threads"]), ", ".join(f"{by[b]:.4f}" for b in (1, 8, 32)),
+                 f"{sc['fit_intercept_s']:.4f} ({100 * sc['intercept_share_at_32']:.0f}%)", f"{sc['fit_slope_s_per_user']:.5f}",
+                 f"{r['bound_vs_official']:.1f}x" if r["bound_vs_official"] else "-"]
         print("| " + " | ".join(cells) + " |")
     from models.common.tracking import atomic_write_json
 

@@ -74,6 +74,32 @@ def test_batched_local_update_equals_per_user_loop():
             torch.testing.assert_close(fast[k][i], params[k].detach())
 
 
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_split_user_input_is_the_same_adapted_function(order):
+    """x0 = [I_j; U_i] with one U_i per user: adapting on the item parts with ``user=`` gives the same adapted
+    weights, predictions and meta-gradient (embeddings included) as the joined inputs."""
+    m = _model()
+    x_s, y_s, mask, x_q, y_q = _batch()
+    d_u = 3
+    user = torch.randn(x_s.shape[0], d_u, dtype=x_s.dtype, requires_grad=True)
+    i_s = x_s[..., :-d_u].clone().requires_grad_(True)
+    i_q = x_q[..., :-d_u].clone().requires_grad_(True)
+    join = lambda i: torch.cat([i, user.unsqueeze(1).expand(-1, i.shape[1], -1)], -1)  # noqa: E731
+    full = adapt(m, join(i_s), y_s, mask, 3, 0.05, order)
+    split = adapt(m, i_s, y_s, mask, 3, 0.05, order, user=user)
+    for k, v in full.materialize().items():
+        torch.testing.assert_close(split.materialize()[k], v)
+    lf, ls = masked_mse(full.predict(join(i_q)), y_q).mean(), masked_mse(split.predict(i_q), y_q).mean()
+    torch.testing.assert_close(ls, lf)
+    wrt = [user, i_s, i_q, *m.decision_params().values()]
+    g_split, g_full = torch.autograd.grad(ls, wrt, allow_unused=True), torch.autograd.grad(lf, wrt, allow_unused=True)
+    assert (g_full[1] is None) == (order == "first")  # first order: the support inputs are constants
+    for a, b in zip(g_split, g_full):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
 def _meta_loss(m, batch, steps, lr, order):
     x_s, y_s, mask, x_q, y_q = batch
     fast = adapt(m, x_s, y_s, mask, steps, lr, order)
@@ -128,6 +154,29 @@ def test_first_order_leaves_embeddings_out_of_the_inner_loop(tiny_melu):
     g2 = torch.autograd.grad(query_losses(m, tables, ep, 2, 0.0, "second").mean(), list(m.parameters()))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_length_buckets_give_the_same_losses_and_meta_gradient(tiny_melu, order):
+    """Adapting a meta-batch in groups of similar support length (each padded to its own longest support set) gives
+    every user's query loss, in the batch's order, and the meta-gradient of the unbucketed batch."""
+    _, processed = tiny_melu
+    tables = load_tables(processed)
+    ep = build_episodes(tables, "warm_state", seed=0).subset(range(8))
+    lengths = ep.support_mask.sum(1)
+    assert int(lengths.min()) < int(lengths.max())  # the groups really are padded differently
+    torch.manual_seed(0)
+    m = MeLU(tables.vocab_sizes, 4, [8, 8])
+    one = query_losses(m, tables, ep, 2, 0.1, order)
+    g_one = torch.autograd.grad(one.mean(), list(m.parameters()), allow_unused=True)
+    for k in (2, 3, 8):
+        many = query_losses(m, tables, ep, 2, 0.1, order, length_buckets=k)
+        torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
+        g_many = torch.autograd.grad(many.mean(), list(m.parameters()), allow_unused=True)
+        for a, b in zip(g_many, g_one):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_metrics_on_hand_computed_rankings():

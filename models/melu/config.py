@@ -36,6 +36,9 @@ class MeluTrainConfig(TrainBase):
     local_steps: int = Field(5, ge=1)
     meta_order: Literal["first", "second"] = "second"
     meta_batch_size: int = Field(32, ge=1)
+    # adapt a meta-batch's users in this many groups of similar support length, each padded to its own longest
+    # support set (same losses and meta-gradient up to float rounding, less padded work; 1 = one padded batch)
+    length_buckets: int = Field(1, ge=1)
     epochs: int = Field(30, ge=1)
     global_optimizer: Literal["adam", "sgd_sum"] = "adam"
     drop_last: bool = True

@@ -112,7 +112,7 @@ def train(
         batches = meta_batches(len(warm), t.meta_batch_size, t.order_seed, epoch, t.drop_last)
         total, n = 0.0, 0
         for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
-            losses = query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order)
+            losses = query_losses(model, data.tables, warm.subset(idx), t.local_steps, t.local_lr, t.meta_order, t.length_buckets)
             loss = losses.mean() if t.global_optimizer == "adam" else losses.sum()
             check_finite(loss, epoch=epoch, step=step, ckpt_dir=ckpt_dir)
             opt.zero_grad(set_to_none=True)
