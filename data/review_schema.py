@@ -462,6 +462,45 @@ def read_tables(folder: str | Path, check_images: bool = False) -> ReviewTables:
     return validate(folder, check_images=check_images)
 
 
+@dataclass(frozen=True)
+class EntityTexts:
+    """The texts of one entity, as an evaluation reads them: input reviews in ``position`` order, references in
+    ``ref_index`` order (both verbatim)."""
+
+    entity_id: str
+    row: int | None
+    reviews: list[str]
+    references: list[str]
+
+
+def entity_texts(tables: ReviewTables, split: str) -> list[EntityTexts]:
+    """The entities of one split of ``tables`` with their review and reference texts, ordered by ``row`` (the row of
+    the official gold file, so a gold set's test entities line up with the lines of its official output file); entities
+    without a row follow, ordered by ``entity_id``. A split without entities is a :class:`ReviewDataError`."""
+    fname = tables.folder / "entities.parquet"
+    if split not in SPLITS:
+        raise ReviewDataError(f"{fname}: split: expected one of {list(SPLITS)}, got {split!r}")
+    ent = tables.entities.select(["entity_id", "split", "row"]).to_pylist()
+    rows = {e["entity_id"]: e["row"] for e in ent if e["split"] == split}
+    if not rows:
+        present = sorted({e["split"] for e in ent}, key=SPLITS.index)
+        raise ReviewDataError(f"{fname}: split {split!r}: no entities (splits in the file: {', '.join(present) or 'none'})")
+
+    def grouped(table: pa.Table, order: str) -> dict[str, list[str]]:
+        out: dict[str, list[tuple[int, str]]] = {}
+        cols = table.select(["entity_id", "split", order, "text"]).to_pydict()
+        for eid, s, k, text in zip(cols["entity_id"], cols["split"], cols[order], cols["text"]):
+            if s == split:
+                out.setdefault(eid, []).append((k, text))
+        return {eid: [t for _, t in sorted(pairs)] for eid, pairs in out.items()}
+
+    reviews = grouped(tables.reviews, "position")
+    references = grouped(tables.references, "ref_index")
+    order = sorted(rows, key=lambda eid: (rows[eid] is None, rows[eid] if rows[eid] is not None else 0, eid))
+    return [EntityTexts(entity_id=eid, row=rows[eid], reviews=reviews.get(eid, []), references=references.get(eid, []))
+            for eid in order]
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 

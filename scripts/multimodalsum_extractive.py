@@ -1,22 +1,25 @@
 """MultimodalSum evaluation protocol on the gold test sets: the official outputs and four training-free extractive systems.
 
-Reads a folder laid out as the mirror's ``multimodalsum_eval/`` (``--data``; reading the read-only mirror itself is
-fine), scores
+Reads the processed review tables of the two gold sets (``--tables``: ``<DIR>/yelp_gold`` and ``<DIR>/amazon_gold``,
+written by the DVC stages ``build_review_tables@yelp_gold`` / ``@amazon_gold``, schema ``data/review_schema.py``;
+split ``test``, entities in the row order of the official files) and the official outputs (``--outputs``: a folder
+with ``Yelp.txt`` / ``Amazon.txt``, one summary per test row in row order, as the mirror's
+``multimodalsum_eval/output/``), scores
 
-(a) the official MultimodalSum summaries ``output/{Yelp,Amazon}.txt`` against the test references (the regression
-    target of spec §6: Yelp 33.00 / 6.63 / 19.84, Amazon 34.19 / 7.05 / 20.81), and
+(a) the official MultimodalSum summaries against the test references (the regression target of spec §6:
+    Yelp 33.00 / 6.63 / 19.84, Amazon 34.19 / 7.05 / 20.81), and
 (b) the extractive systems of ``models.multimodalsum.extractive`` (random review, clustroid review, LexRank review,
     oracle review) on the same test sets,
 
 with the §5 protocol (py-rouge 1.1 + PlanSum preprocessing, averaged over references) and Google rouge-score as a
 secondary column; prints markdown tables and writes everything as JSON (atomically).
 
-Test sets: Yelp = rows 100-199 of ``data/yelp/test/summaries_0-200_cleaned.csv`` (rows 0-99 are dev), one reference
-(``Answer.summary``); Amazon = ``data/amazon/test/test.csv`` (tab-separated, 32 products), references
-``summ1..summ3``. Input reviews: Yelp ``Input.original_review_0..7``, Amazon ``rev1..rev8``.
+Test sets (see ``data/stages/build_review_tables.py``): Yelp = rows 100-199 of
+``data/yelp/test/summaries_0-200_cleaned.csv`` (rows 0-99 are dev), one reference; Amazon = ``data/amazon/test/test.csv``
+(32 products), three references. Eight input reviews per entity.
 
-    python scripts/multimodalsum_extractive.py --data /work/shared/data/multimodalsum_eval \\
-        --out outputs/multimodalsum/extractive.json
+    dvc repro build_review_tables@yelp_gold build_review_tables@amazon_gold
+    python scripts/multimodalsum_extractive.py --out docs/multimodalsum_extractive.json
 """
 
 from __future__ import annotations
@@ -27,36 +30,19 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from data.atomic import atomic_write_json
-from models.multimodalsum import extractive as ext
-from models.multimodalsum.rouge import KEYS, PY_ROUGE_KWARGS, rouge_score_secondary, rouge_scores
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python scripts/multimodalsum_extractive.py` from the repository root
+
+from data.atomic import atomic_write_json  # noqa: E402
+from data.review_schema import ReviewDataError, entity_texts, read_tables  # noqa: E402
+from models.multimodalsum import extractive as ext  # noqa: E402
+from models.multimodalsum.rouge import KEYS, PY_ROUGE_KWARGS, rouge_score_secondary, rouge_scores  # noqa: E402
+
 SHARED = Path("/work/shared")
 DATASETS = ("yelp", "amazon")
-GOLD = {
-    "yelp": {
-        "file": "data/yelp/test/summaries_0-200_cleaned.csv",
-        "sep": ",",
-        "id": "Input.business_id",
-        "reviews": [f"Input.original_review_{i}" for i in range(8)],
-        "summaries": ["Answer.summary"],
-        "rows": (100, 200),  # test; 0-99 is dev (official src/test.py)
-        "split": "rows 100-199 of summaries_0-200_cleaned.csv",
-    },
-    "amazon": {
-        "file": "data/amazon/test/test.csv",
-        "sep": "\t",
-        "id": "prod_id",
-        "reviews": [f"rev{i}" for i in range(1, 9)],
-        "summaries": ["summ1", "summ2", "summ3"],
-        "rows": None,  # the whole file
-        "split": "test.csv (all rows)",
-    },
-}
-OUTPUTS = {"yelp": "output/Yelp.txt", "amazon": "output/Amazon.txt"}
+TABLES = {"yelp": "yelp_gold", "amazon": "amazon_gold"}  # folders under --tables (build_review_tables@<name>)
+SPLIT = "test"
+OUTPUTS = {"yelp": "Yelp.txt", "amazon": "Amazon.txt"}  # files under --outputs
 # spec §6, the regression target for the evaluation code (R1 / R2 / RL at two decimals)
 EXPECTED_OFFICIAL = {"yelp": (33.00, 6.63, 19.84), "amazon": (34.19, 7.05, 20.81)}
 OFFICIAL = "MultimodalSum (official outputs)"
@@ -64,7 +50,7 @@ SYSTEMS = ("random", "clustroid", "lexrank", "oracle")
 
 
 class GoldDataError(ValueError):
-    """A missing file or column, an empty cell, or a row count that does not match."""
+    """A missing file or folder, or an official output file whose line count does not match the test split."""
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -81,40 +67,30 @@ def protected_roots() -> list[Path]:
 
 def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise GoldDataError(f"missing file {path} ({what}); --data must point at a folder laid out as multimodalsum_eval/")
+        raise GoldDataError(f"missing file {path} ({what}); --outputs must point at a folder with Yelp.txt / Amazon.txt")
     return path
 
 
-def load_gold(data_dir: str | Path, dataset: str) -> dict:
-    """Test entities of one gold set: ``{"ids", "reviews": list[list[str]], "references": list[list[str]]}``."""
-    g = GOLD[dataset]
-    path = _require_file(Path(data_dir) / g["file"], f"{dataset} gold set")
-    try:
-        df = pd.read_csv(path, sep=g["sep"], encoding="utf-8", dtype=str, keep_default_na=False)
-    except Exception as e:  # a parser error names neither the file nor what was expected
-        raise GoldDataError(f"cannot read {path} as {'tab' if g['sep'] == chr(9) else 'comma'}-separated text: {e}") from e
-    needed = [g["id"], *g["reviews"], *g["summaries"]]
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        hint = " (the Amazon files are TAB-separated)" if dataset == "amazon" and len(df.columns) == 1 else ""
-        raise GoldDataError(f"{path}: missing column(s) {missing}; expected {needed}{hint}; found {list(df.columns)[:20]}")
-    if g["rows"] is not None:
-        lo, hi = g["rows"]
-        if len(df) < hi:
-            raise GoldDataError(f"{path}: {len(df)} rows, expected at least {hi} (test = rows {lo}-{hi - 1})")
-        df = df.iloc[lo:hi]
-    if df.empty:
-        raise GoldDataError(f"{path}: no rows")
-    for col in [*g["reviews"], *g["summaries"]]:
-        empty = [int(i) for i, v in df[col].items() if not str(v).strip()]
-        if empty:
-            raise GoldDataError(f"{path}: empty {col!r} in row(s) {empty[:10]}")
+def load_test_set(tables_dir: str | Path, dataset: str) -> dict:
+    """The test entities of one gold set from its review tables: ``{"folder", "split", "rows", "ids", "reviews":
+    list[list[str]], "references": list[list[str]]}``, in the row order of the official file."""
+    folder = Path(tables_dir) / TABLES[dataset]
+    if not folder.is_dir():
+        raise GoldDataError(f"missing tables folder {folder} ({dataset} gold set; run "
+                            f"`dvc repro build_review_tables@{TABLES[dataset]}` or point --tables at its parent)")
+    ents = entity_texts(read_tables(folder), SPLIT)
+    rows = [e.row for e in ents]
+    if None in rows or rows != list(range(rows[0], rows[0] + len(rows))):
+        raise GoldDataError(f"{folder / 'entities.parquet'}: split {SPLIT!r}: row: expected consecutive rows of the official "
+                            f"file (output line j = the j-th test row), got {rows[:10]}{' ...' if len(rows) > 10 else ''}")
+    span = f"rows {rows[0]}-{rows[-1]}"
     return {
-        "file": str(path),
-        "split": g["split"],
-        "ids": [str(v) for v in df[g["id"]]],  # one Yelp id is empty in the gold file; kept as ""
-        "reviews": [list(r) for r in df[g["reviews"]].itertuples(index=False)],
-        "references": [list(r) for r in df[g["summaries"]].itertuples(index=False)],
+        "folder": str(folder),
+        "split": f"{TABLES[dataset]} split {SPLIT}, {span} of the official file",
+        "rows": rows,
+        "ids": [e.entity_id for e in ents],
+        "reviews": [e.reviews for e in ents],
+        "references": [e.references for e in ents],
     }
 
 
@@ -134,15 +110,16 @@ def score(candidates: list[str], references: list[list[str]]) -> dict:
     return {"py_rouge": rouge_scores(candidates, references), "rouge_score": rouge_score_secondary(candidates, references)}
 
 
-def run_dataset(data_dir: Path, dataset: str, seed: int, log=print) -> dict:
-    gold = load_gold(data_dir, dataset)
+def run_dataset(tables_dir: Path, outputs_dir: Path, dataset: str, seed: int, log=print) -> dict:
+    gold = load_test_set(tables_dir, dataset)
     refs, entities = gold["references"], gold["reviews"]
-    outputs = load_outputs(data_dir / OUTPUTS[dataset], len(refs), gold["file"])
-    res = {"file": gold["file"], "split": gold["split"], "n_entities": len(refs), "n_references": len(refs[0]), "systems": {}}
+    against = f"{Path(gold['folder']) / 'entities.parquet'} (split {SPLIT!r}, {len(refs)} entities)"
+    outputs = load_outputs(outputs_dir / OUTPUTS[dataset], len(refs), against)
+    res = {"tables": gold["folder"], "split": gold["split"], "n_entities": len(refs), "n_references": len(refs[0]), "systems": {}}
     t0 = time.time()
     official = score(outputs, refs)
     got = tuple(round(official["py_rouge"][k], 2) for k in KEYS)
-    official.update({"file": str(data_dir / OUTPUTS[dataset]), "expected_spec": list(EXPECTED_OFFICIAL[dataset]), "matches_spec": got == EXPECTED_OFFICIAL[dataset], "seconds": time.time() - t0})
+    official.update({"file": str(outputs_dir / OUTPUTS[dataset]), "expected_spec": list(EXPECTED_OFFICIAL[dataset]), "matches_spec": got == EXPECTED_OFFICIAL[dataset], "seconds": time.time() - t0})
     res["systems"][OFFICIAL] = official
     log(f"{dataset}: official outputs {got} (spec §6 {EXPECTED_OFFICIAL[dataset]}: {'match' if official['matches_spec'] else 'MISMATCH'})")
     for name in SYSTEMS:
@@ -194,7 +171,8 @@ def markdown(results: dict, seed: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="data/raw/multimodalsum_eval", help="folder laid out as the mirror's multimodalsum_eval/ (read only)")
+    ap.add_argument("--tables", default="data/processed/reviews", help="folder holding yelp_gold/ and amazon_gold/ (build_review_tables)")
+    ap.add_argument("--outputs", default="data/raw/multimodalsum_eval/output", help="folder with the official Yelp.txt / Amazon.txt (read only)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "multimodalsum" / "extractive.json"), help="JSON results (written atomically)")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-review baseline")
@@ -203,19 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     for root in protected_roots():
         if _under(out, root):
             ap.error(f"--out {out} is under {root}, a read-only data mirror; write the results elsewhere")
-    data_dir = Path(args.data)
-    if not data_dir.is_dir():
-        ap.error(f"--data {data_dir} is not a folder (expected the multimodalsum_eval/ layout: data/yelp/test/, data/amazon/test/, output/)")
+    tables_dir, outputs_dir = Path(args.tables), Path(args.outputs)
+    if not tables_dir.is_dir():
+        ap.error(f"--tables {tables_dir} is not a folder (expected the build_review_tables outputs: yelp_gold/, amazon_gold/)")
     results = {
         "protocol": {"py_rouge": PY_ROUGE_KWARGS, "preprocessing": "PlanSum (models/multimodalsum/rouge.py)", "multi_reference": "mean over reference columns", "secondary": "rouge-score rouge1/rouge2/rougeL F, use_stemmer=True"},
         "selection": {"clustroid_and_oracle_score": f"py-rouge {ext.SELECTION_SCORE} of R1/R2/RL F", "lexrank": f"lexrank package, one review per entity, threshold={ext.LEXRANK_THRESHOLD}, IDF over all input reviews of the split"},
-        "data": str(data_dir),
+        "tables": str(tables_dir),
+        "outputs": str(outputs_dir),
         "datasets": {},
     }
     try:
         for dataset in args.datasets:
-            results["datasets"][dataset] = run_dataset(data_dir, dataset, args.seed)
-    except GoldDataError as e:
+            results["datasets"][dataset] = run_dataset(tables_dir, outputs_dir, dataset, args.seed)
+    except (GoldDataError, ReviewDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

@@ -19,6 +19,8 @@ from models.multimodalsum.rouge import (
     rouge_score_secondary,
     rouge_scores,
 )
+from data.review_schema import ReviewDataError, entity_texts, read_tables, write_tables
+from data.stages.build_review_tables import convert_amazon_gold, convert_yelp_gold
 from scripts import multimodalsum_extractive as script
 from tests.conftest import mirror_dir
 
@@ -171,70 +173,119 @@ def test_lexrank_review_offline(no_nltk_data):
     assert ext.pick([ENTITY], [idx[0]]) == [ENTITY[idx[0]]]
 
 
-# ---------------------------------------------------------------- script on a tiny folder
+# ---------------------------------------------------------------- the evaluation reader
 
 
-def _tiny_folder(root, n_amazon=2, n_outputs=None, drop_col=None, yelp_rows=None):
+def test_entity_texts_orders_rows_positions_and_references(tmp_path):
+    ents = [{"entity_id": eid, "source": "amazon", "split": split, "row": row, "has_table": False}
+            for eid, split, row in [("E2", "test", 2), ("Z", "test", None), ("E0", "test", 0), ("D0", "dev", 0),
+                                    ("A", "test", None), ("E1", "test", 1)]]
+    reviews, refs = [], []
+    for e in ents:
+        eid = e["entity_id"]
+        for k in (2, 0, 1):  # written out of order
+            reviews.append({"entity_id": eid, "review_id": f"{eid}_r{k}", "position": k, "split": e["split"], "text": f"{eid} review {k}"})
+        for k in (1, 0):
+            refs.append({"entity_id": eid, "ref_index": k, "split": e["split"], "text": f"{eid} reference {k}"})
+    meta = {"dataset": "tiny", "synthetic": False, "image_root": None, "notes": ""}
+    tables = read_tables(write_tables(tmp_path / "t", ents, reviews, refs, [], meta))
+    got = entity_texts(tables, "test")
+    assert [(e.entity_id, e.row) for e in got] == [("E0", 0), ("E1", 1), ("E2", 2), ("A", None), ("Z", None)]
+    assert got[1].reviews == ["E1 review 0", "E1 review 1", "E1 review 2"]
+    assert got[1].references == ["E1 reference 0", "E1 reference 1"]
+    assert [e.entity_id for e in entity_texts(tables, "dev")] == ["D0"]
+    with pytest.raises(ReviewDataError, match=r"t/entities\.parquet: split 'train': no entities \(splits in the file: dev, test\)"):
+        entity_texts(tables, "train")
+    with pytest.raises(AttributeError):  # frozen
+        got[0].row = 5
+
+
+# ---------------------------------------------------------------- script on tiny tables
+
+
+def _tiny_gold(root, n_amazon=2, n_outputs=None, yelp_rows=None):
+    """Tiny gold files in the official layout (``multimodalsum_eval/``), converted with the build_review_tables
+    converters into ``root/tables/{amazon_gold,yelp_gold}``; the official outputs in ``root/output``. Returns
+    (tables, outputs)."""
     import pandas as pd
 
-    am = root / "data" / "amazon" / "test"
+    raw = root / "raw"
+    am = raw / "data" / "amazon" / "test"
     am.mkdir(parents=True)
-    rows = []
-    for p in range(n_amazon):
-        row = {"cat": "electronics", "prod_id": f"P{p}"}
-        row.update({f"rev{i}": f"review {i} about product {p}, the battery lasts long" for i in range(1, 9)})
-        row.update({f"summ{j}": f"summary {j}: the battery of product {p} lasts long" for j in range(1, 4)})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if drop_col:
-        df = df.drop(columns=[drop_col])
-    df.to_csv(am / "test.csv", sep="\t", index=False)
-    if yelp_rows is not None:
-        yl = root / "data" / "yelp" / "test"
-        yl.mkdir(parents=True)
-        yrows = [{"Input.business_id": f"b{r}", **{f"Input.original_review_{i}": f"nice place {i}" for i in range(8)}, "Answer.summary": "nice place"} for r in range(yelp_rows)]
-        pd.DataFrame(yrows).to_csv(yl / "summaries_0-200_cleaned.csv", index=False)
+    for split, n in (("dev", 1), ("test", n_amazon)):
+        rows = []
+        for p in range(n):
+            row = {"cat": "electronics", "prod_id": f"{split}{p}"}
+            row.update({f"rev{i}": f"review {i} about product {p}, the battery lasts long" for i in range(1, 9)})
+            row.update({f"summ{j}": f"summary {j}: the battery of product {p} lasts long" for j in range(1, 4)})
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(am / f"{split}.csv", sep="\t", index=False)
+    tables = root / "tables"
+    convert_amazon_gold(raw, tables / "amazon_gold")
     out = root / "output"
     out.mkdir()
     n = n_amazon if n_outputs is None else n_outputs
     (out / "Amazon.txt").write_text("".join(f"the battery of product {p} lasts long.\n" for p in range(n)))
-    return root
+    if yelp_rows is not None:
+        yl = raw / "data" / "yelp" / "test"
+        yl.mkdir(parents=True)
+        yrows = [{"Input.business_id": f"b{r}", **{f"Input.original_review_{i}": f"nice place {i} near row {r}" for i in range(8)},
+                  **{f"Input.original_review_{i}_id": f"r{r}_{i}" for i in range(8)}, "Answer.summary": f"nice place {r}"}
+                 for r in range(yelp_rows)]
+        pd.DataFrame(yrows).to_csv(yl / "summaries_0-200_cleaned.csv", index=False)
+        convert_yelp_gold(raw, tables / "yelp_gold")
+        (out / "Yelp.txt").write_text("".join(f"nice place {r}\n" for r in range(100, yelp_rows)))
+    return tables, out
 
 
-def test_script_on_a_tiny_folder(tmp_path, capsys):
-    data = _tiny_folder(tmp_path / "eval")
+def test_script_on_tiny_tables(tmp_path, capsys):
+    tables, outputs = _tiny_gold(tmp_path / "eval", yelp_rows=102)
     out = tmp_path / "res" / "extractive.json"
-    assert script.main(["--data", str(data), "--datasets", "amazon", "--out", str(out)]) == 0
+    assert script.main(["--tables", str(tables), "--outputs", str(outputs), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    systems = res["datasets"]["amazon"]["systems"]
+    assert res["tables"] == str(tables) and res["outputs"] == str(outputs)
+    yelp = res["datasets"]["yelp"]
+    assert yelp["n_entities"] == 2 and yelp["n_references"] == 1 and "rows 100-101" in yelp["split"]
+    # Yelp.txt line j is the summary of row 100 + j: the candidates line up with their references exactly
+    assert all(yelp["systems"][script.OFFICIAL]["py_rouge"][k] == pytest.approx(100.0) for k in KEYS)
+    amazon = res["datasets"]["amazon"]
+    assert amazon["n_entities"] == 2 and amazon["n_references"] == 3 and amazon["tables"] == str(tables / "amazon_gold")
+    systems = amazon["systems"]
     assert set(systems) == {script.OFFICIAL, *script.SYSTEMS}
     assert systems[script.OFFICIAL]["matches_spec"] is False  # toy data
+    assert systems[script.OFFICIAL]["file"] == str(outputs / "Amazon.txt")
     for entry in systems.values():
         assert set(entry["py_rouge"]) == {"rouge1", "rouge2", "rougeL", "mean"} and set(entry["rouge_score"]) == set(entry["py_rouge"])
     assert systems["oracle"]["py_rouge"]["mean"] >= max(systems[s]["py_rouge"]["mean"] for s in ("random", "clustroid", "lexrank"))
     printed = capsys.readouterr().out
-    assert "| Oracle review (upper bound) |" in printed and "rouge-score R1" in printed
+    assert "| Oracle review (upper bound) |" in printed and "rouge-score R1" in printed and "### Yelp test (yelp_gold split test" in printed
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left
 
 
 def test_script_errors(tmp_path, capsys):
-    bad = _tiny_folder(tmp_path / "lines", n_outputs=3)
-    assert script.main(["--data", str(bad), "--datasets", "amazon", "--out", str(tmp_path / "x.json")]) == 2
+    x = tmp_path / "x.json"
+    tables, outputs = _tiny_gold(tmp_path / "lines", n_outputs=3)
+    assert script.main(["--tables", str(tables), "--outputs", str(outputs), "--datasets", "amazon", "--out", str(x)]) == 2
     err = capsys.readouterr().err
-    assert "Amazon.txt: 3 lines, expected 2" in err and "test.csv" in err
-    bad = _tiny_folder(tmp_path / "col", drop_col="summ2")
-    assert script.main(["--data", str(bad), "--datasets", "amazon", "--out", str(tmp_path / "x.json")]) == 2
-    assert "missing column(s) ['summ2']" in capsys.readouterr().err
-    bad = _tiny_folder(tmp_path / "yelp", yelp_rows=150)
-    assert script.main(["--data", str(bad), "--datasets", "yelp", "--out", str(tmp_path / "x.json")]) == 2
-    assert "150 rows, expected at least 200" in capsys.readouterr().err
+    assert "Amazon.txt: 3 lines, expected 2" in err and str(tables / "amazon_gold" / "entities.parquet") in err
+    # the amazon tables exist, the yelp ones do not
+    assert script.main(["--tables", str(tables), "--outputs", str(outputs), "--datasets", "yelp", "--out", str(x)]) == 2
+    err = capsys.readouterr().err
+    assert f"missing tables folder {tables / 'yelp_gold'}" in err and "build_review_tables@yelp_gold" in err
+    # a Yelp gold file with dev rows only: no test split
+    tables, outputs = _tiny_gold(tmp_path / "dev_only", yelp_rows=50)
+    assert script.main(["--tables", str(tables), "--outputs", str(outputs), "--datasets", "yelp", "--out", str(x)]) == 2
+    assert "yelp_gold/entities.parquet: split 'test': no entities (splits in the file: dev)" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert script.main(["--data", str(empty), "--datasets", "amazon", "--out", str(tmp_path / "x.json")]) == 2
-    assert "missing file" in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    assert script.main(["--tables", str(tables), "--outputs", str(empty), "--datasets", "amazon", "--out", str(x)]) == 2
+    assert f"missing file {empty / 'Amazon.txt'}" in capsys.readouterr().err
+    assert not x.exists()
     with pytest.raises(SystemExit) as e:
-        script.main(["--data", str(empty), "--out", "/work/shared/data/multimodalsum_eval/x.json"])
+        script.main(["--tables", str(tmp_path / "nowhere"), "--out", str(x)])
+    assert e.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        script.main(["--tables", str(tables), "--out", "/work/shared/data/multimodalsum_eval/x.json"])
     assert e.value.code == 2 and "read-only data mirror" in capsys.readouterr().err
 
 
@@ -242,12 +293,18 @@ def test_script_errors(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def gold():
+def gold(tmp_path_factory):
+    """The mirror's gold sets converted by the build_review_tables converters and read back with ``entity_texts``."""
     root = mirror_dir("multimodalsum_eval")
+    tables = tmp_path_factory.mktemp("mms_tables")
+    convert_yelp_gold(root, tables / "yelp_gold")
+    convert_amazon_gold(root, tables / "amazon_gold")
     out = {}
     for ds in ("yelp", "amazon"):
-        g = script.load_gold(root, ds)
-        g["outputs"] = script.load_outputs(root / script.OUTPUTS[ds], len(g["references"]), g["file"])
+        folder = tables / script.TABLES[ds]
+        ents = entity_texts(read_tables(folder), "test")
+        g = {"rows": [e.row for e in ents], "reviews": [e.reviews for e in ents], "references": [e.references for e in ents]}
+        g["outputs"] = script.load_outputs(root / "output" / script.OUTPUTS[ds], len(ents), str(folder))
         out[ds] = g
     return out
 
@@ -257,6 +314,7 @@ def gold():
 def test_official_outputs_reproduce_spec_numbers_exactly(gold, dataset, no_nltk_data):
     g = gold[dataset]
     assert len(g["outputs"]) == {"yelp": 100, "amazon": 32}[dataset]
+    assert g["rows"] == list(range({"yelp": 100, "amazon": 0}[dataset], {"yelp": 200, "amazon": 32}[dataset]))
     s = rouge_scores(g["outputs"], g["references"])
     assert tuple(round(s[k], 2) for k in KEYS) == EXPECTED[dataset]
 
