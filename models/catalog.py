@@ -16,6 +16,7 @@ CATALOG: dict[str, str] = {
     "seqrec": "models.seqrec.pipeline",
     "dissan": "models.dissan.pipeline",
     "egtr": "models.egtr.pipeline",
+    "multimodalsum": "models.multimodalsum.pipeline",
 }
 
 

@@ -33,7 +33,7 @@ def _deployments() -> list[dict]:
 
 
 def test_the_catalog_is_explicit_and_complete():
-    assert NAMES == ["melu", "seqrec", "dissan", "egtr"]
+    assert NAMES == ["melu", "seqrec", "dissan", "egtr", "multimodalsum"]
     folders = sorted(p.parent.name for p in (REPO / "models").glob("*/pipeline.py"))
     assert folders == sorted(NAMES)  # every declared model is catalogued, and nothing else
     with pytest.raises(KeyError, match="not in the catalog"):

@@ -189,10 +189,11 @@ def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def lenient_numbers(schema):
+def lenient_numbers(schema, optional: tuple[str, ...] | list[str] = ()):
     """The input schema with every float column (and list of floats) typed ``Any``: MLflow's enforcement refuses the
     integers a person writes for a float (``"support_ratings": [5, 3, 4]`` gives "Can not safely convert int64 to
-    float64"), so the column's type is left to the pyfunc, which converts and validates each value itself."""
+    float64"), so the column's type is left to the pyfunc, which converts and validates each value itself. The
+    columns named in ``optional`` may be left out of a request (``required=False``)."""
     from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
     floats = (DataType.double, DataType.float)
@@ -203,16 +204,16 @@ def lenient_numbers(schema):
             t = AnyType()
         elif isinstance(t, Array) and t.dtype in floats:
             t = Array(AnyType())
-        cols.append(ColSpec(t, col.name, required=col.required))
+        cols.append(ColSpec(t, col.name, required=col.required and col.name not in optional))
     return Schema(cols)
 
 
 def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example,
-               extra_requirements: list[str] = ()) -> str:
+               extra_requirements: list[str] = (), optional_inputs: tuple[str, ...] | list[str] = ()) -> str:
     """Log ``python_model`` to ``run_id`` as ``model`` with a signature inferred from its own prediction on
-    ``input_example``, the project's ``models`` and ``data`` packages as code (models import the config and
-    data-contract modules of ``data``), and pinned requirements (plus the model's own
-    ``extra_requirements``); return its URI."""
+    ``input_example`` (the columns in ``optional_inputs`` not required in a request), the project's ``models`` and
+    ``data`` packages as code (models import the config and data-contract modules of ``data``), and pinned
+    requirements (plus the model's own ``extra_requirements``); return its URI."""
     import mlflow
     import pandas as pd
     import torch
@@ -221,7 +222,7 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     ctx = type("Context", (), {"artifacts": artifacts})()
     python_model.load_context(ctx)
     signature = infer_signature(input_example, python_model.predict(ctx, input_example))
-    signature.inputs = lenient_numbers(signature.inputs)
+    signature.inputs = lenient_numbers(signature.inputs, optional_inputs)
     repo_root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
