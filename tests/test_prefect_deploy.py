@@ -49,21 +49,32 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path):
             assert got["work_pool_name"] == "gpu"
             assert got["parameters"]["sync_data"] is True and got["parameters"]["model"] == dep["parameters"]["model"]
             assert [s["schedule"]["cron"] for s in got["schedules"]] == [dep["schedules"][0]["cron"]]
-        # the README's worker command starts, polls the pool, and stops on SIGTERM
-        worker = subprocess.Popen([prefect, "worker", "start", "--pool", "gpu"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        seen, deadline = "", time.time() + 90
+        # the README's worker command starts, polls the pool, and stops on SIGTERM. Its output goes to a file, not a
+        # pipe: a pipe nobody reads after "started" can fill and block the worker's shutdown logging.
+        log = tmp_path / "worker.log"
+        with open(log, "w") as out:
+            worker = subprocess.Popen([prefect, "worker", "start", "--pool", "gpu"], cwd=REPO, env=env, stdout=out,
+                                      stderr=subprocess.STDOUT, text=True)
         try:
-            while "started" not in seen.lower() and time.time() < deadline and worker.poll() is None:
-                seen += worker.stdout.readline()
-            assert "started" in seen.lower(), seen[-3000:]
+            deadline = time.time() + 120
+            while "started" not in log.read_text().lower() and time.time() < deadline and worker.poll() is None:
+                time.sleep(0.5)
+            assert "started" in log.read_text().lower(), log.read_text()[-3000:]
             workers = json.loads(urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/work_pools/gpu/workers/filter", data=b"{}", method="POST",
                 headers={"Content-Type": "application/json"}), timeout=10).read())
             assert workers and workers[0]["status"] == "ONLINE", workers
-        finally:
             worker.terminate()
-            worker.wait(timeout=60)
+            t0 = time.time()
+            try:
+                code = worker.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the worker did not stop within 90 s of SIGTERM:\n" + log.read_text()[-3000:])
+            print(f"worker stopped {time.time() - t0:.1f} s after SIGTERM, exit code {code}")
+        finally:
+            if worker.poll() is None:  # never leave the worker behind, whatever failed above
+                worker.kill()
+                worker.wait(timeout=30)
     finally:
         server.terminate()
         try:
