@@ -89,3 +89,40 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_cfg, tmp_path):
 def test_history_is_json_serialisable(tiny_cfg, tmp_path):
     _, h = _train(tiny_cfg, tmp_path / "j", eval_every_epoch=False)
     assert json.loads(json.dumps(h)) == h
+
+
+def test_resume_restores_the_random_generators_dropout_draws_from(tmp_path):
+    """A model with dropout (the global torch RNG) and a NumPy draw per epoch: 2 epochs, then a fresh start (as a new
+    process: the generators re-seeded, the model re-initialised) resumed to 4, equals 4 uninterrupted epochs."""
+    import numpy as np
+
+    from models.common.checkpoint import run_epochs
+
+    x, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
+
+    def run(ckpt_dir, epochs):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def train_epoch(epoch):
+            model.train()
+            idx = torch.from_numpy(np.random.permutation(64))  # global NumPy RNG, as some data pipelines use
+            loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"loss": float(loss)}
+
+        history = run_epochs(model=model, optimizer=opt, epochs=epochs, ckpt_dir=ckpt_dir, fingerprint="f", seed=0,
+                             train_epoch=train_epoch, progress=False)
+        return history, model
+
+    full, m_full = run(tmp_path / "full", 4)
+    run(tmp_path / "cut", 2)
+    resumed, m_resumed = run(tmp_path / "cut", 4)
+    assert resumed == full and len(full) == 4
+    for a, b in zip(m_full.parameters(), m_resumed.parameters()):
+        assert torch.equal(a, b)
+    assert load_checkpoint(list_checkpoints(tmp_path / "cut")[-1][1])["rng"]["torch"].dtype == torch.uint8

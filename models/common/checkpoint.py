@@ -2,14 +2,16 @@
 
 A checkpoint is one ``torch.save`` file per epoch (model + optimizer + epoch + history + config
 fingerprint + seed), written to a temporary file and renamed, so a kill never leaves a truncated
-checkpoint. :func:`run_epochs` resumes from the newest checkpoint in its directory; because every
-source of randomness in an epoch is derived from (seed, epoch), a resumed run ends with exactly the
-metrics of an uninterrupted one.
+checkpoint. :func:`run_epochs` resumes from the newest checkpoint in its directory. The data order of an
+epoch is derived from (seed, epoch) by the models; the global generators that dropout and other sampling draw
+from (torch CPU and CUDA, NumPy, Python ``random``) are saved in every checkpoint and restored on resume, so a
+resumed run ends with exactly the metrics of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 import sys
 import warnings
@@ -38,6 +40,32 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     with atomic_file(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def rng_state() -> dict:
+    """The global random generators' state, in types ``torch.load(weights_only=True)`` reads back."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
@@ -110,6 +138,11 @@ def run_epochs(
             warnings.warn(f"resuming from {last} saved with seed {state['seed']}, this run has seed {seed}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        else:
+            warnings.warn(f"{last} holds no random-generator state (written before it was saved): the resumed "
+                          "epochs draw dropout from another stream than an uninterrupted run would")
         start, history = int(state["epoch"]), list(state["history"])
         print(f"resuming from {last}: {start} of {epochs} epochs done", file=sys.stderr, flush=True)
     if should_stop is not None and history and should_stop(history):
@@ -125,6 +158,7 @@ def run_epochs(
             "history": history,
             "fingerprint": fingerprint,
             "seed": seed,
+            "rng": rng_state(),  # after the epoch: the state the next epoch starts from
         }
         save_checkpoint(ckpt_dir, epoch + 1, state, keep_last=keep_last)
         bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
