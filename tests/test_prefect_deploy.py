@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path):
         log = tmp_path / "worker.log"
         with open(log, "w") as out:
             worker = subprocess.Popen([prefect, "worker", "start", "--pool", "gpu"], cwd=REPO, env=env, stdout=out,
-                                      stderr=subprocess.STDOUT, text=True)
+                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             deadline = time.time() + 120
             while "started" not in log.read_text().lower() and time.time() < deadline and worker.poll() is None:
@@ -64,7 +65,9 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path):
                 f"http://127.0.0.1:{port}/api/work_pools/gpu/workers/filter", data=b"{}", method="POST",
                 headers={"Content-Type": "application/json"}), timeout=10).read())
             assert workers and workers[0]["status"] == "ONLINE", workers
-            worker.terminate()
+            # SIGTERM to the worker's process group, as a service manager or a terminal sends it: `prefect worker start`
+            # runs the worker in a child process, which under load did not act on the SIGINT the parent forwards
+            os.killpg(worker.pid, signal.SIGTERM)
             t0 = time.time()
             try:
                 code = worker.wait(timeout=90)
@@ -72,8 +75,8 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path):
                 pytest.fail("the worker did not stop within 90 s of SIGTERM:\n" + log.read_text()[-3000:])
             print(f"worker stopped {time.time() - t0:.1f} s after SIGTERM, exit code {code}")
         finally:
-            if worker.poll() is None:  # never leave the worker behind, whatever failed above
-                worker.kill()
+            if worker.poll() is None:  # never leave the worker (or its child) behind, whatever failed above
+                os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(timeout=30)
     finally:
         server.terminate()
