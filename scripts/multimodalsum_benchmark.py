@@ -109,9 +109,11 @@ def _loop_core(attn, x: torch.Tensor, entity_kv: Callable[[int], tuple[torch.Ten
 
 def loop_entity_mean_attention(attn, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                mask: torch.Tensor) -> torch.Tensor:
-    """The reference of ``MultimodalSum.entity_mean_attention`` (same signature): K/V [N, E, H, S, dh] precomputed,
-    looped over E."""
-    return _loop_core(attn, x, lambda j: (k[:, j], v[:, j]), mask)
+    """The reference of ``MultimodalSum.entity_mean_attention`` (same signature): K/V [N, H, E*S, dh] precomputed
+    (``MultimodalSum.entity_kv``), looped over E; entity j's K/V is the view [N, H, S, dh] of its keys (no copy)."""
+    n, e, s = mask.shape
+    k5, v5 = (y.view(n, y.size(1), e, s, y.size(-1)) for y in (k, v))
+    return _loop_core(attn, x, lambda j: (k5[:, :, j], v5[:, :, j]), mask)
 
 
 def _heads(attn, y: torch.Tensor) -> torch.Tensor:
@@ -126,10 +128,9 @@ def loop_from_states(attn, x: torch.Tensor, states: torch.Tensor, mask: torch.Te
 
 
 def batched_from_states(attn, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The model's path: all entities projected in one call (the two lines of ``_cross_kv`` for one layer), then
-    ``entity_mean_attention``."""
-    return MultimodalSum.entity_mean_attention(attn, x, _heads(attn, attn.k_proj(states)),
-                                               _heads(attn, attn.v_proj(states)), mask)
+    """The model's path: all entities projected in one call (``MultimodalSum.entity_kv``, what ``_cross_kv`` does
+    for one layer), then ``entity_mean_attention``."""
+    return MultimodalSum.entity_mean_attention(attn, x, *MultimodalSum.entity_kv(attn, states), mask)
 
 
 @contextmanager
@@ -217,8 +218,8 @@ def attention_inputs(attn, n: int, e: int, s: int, t: int, d: int, seed: int) ->
     mask = torch.arange(s)[None, None, :] < lengths[..., None]
     x = torch.randn(n, t, d, generator=g)
     with torch.no_grad():
-        # the layout of ``_cross_kv``'s output (a transposed view), detached: leaves for the gradient checks
-        k, v = _heads(attn, attn.k_proj(states)).detach(), _heads(attn, attn.v_proj(states)).detach()
+        # the layout of ``_cross_kv``'s output ([N, H, E*S, dh], contiguous), detached: leaves for the gradient checks
+        k, v = (y.detach() for y in MultimodalSum.entity_kv(attn, states))
     return {"x": x, "states": states, "k": k, "v": v, "mask": mask, "cotangent": torch.randn(n, t, d, generator=g),
             "empty_entities": int((lengths == 0).sum()), "examples_without_entities": int((lengths.sum(1) == 0).sum())}
 
@@ -259,18 +260,6 @@ def compare(name: str, what: str, shape: str, timings: dict[str, dict], diffs: d
             "speedup_loop_over_batched": lp / b, "speedup_against": LOOP_AGAINST, "target_speedup": TARGET_SPEEDUP,
             "meets_target": lp / b >= TARGET_SPEEDUP, "max_abs_diff": diffs, "max_abs_diff_worst": worst,
             "within_tolerance": worst <= TOLERANCE}
-
-
-def contiguous_diagnostic(timings: dict[str, dict]) -> dict:
-    """The batched function on ``.contiguous()`` K/V: what the model's own layout (a transposed view) costs."""
-    if "batched_contiguous_kv" not in timings:
-        return {}
-    t = timings["batched_contiguous_kv"]
-    return {"diagnostic_batched_contiguous_kv": t,
-            "diagnostic_loop_over_batched_contiguous_kv": timings["loop"]["median_s"] / t["median_s"],
-            "diagnostic_batched_over_batched_contiguous_kv": timings["batched"]["median_s"] / t["median_s"],
-            "diagnostic_note": "entity_mean_attention on K.contiguous(), V.contiguous(); _cross_kv returns transposed "
-                               "views, which torch.matmul copies on every call"}
 
 
 # -------------------------------------------------------------------------------------------- batched vs loop
@@ -324,9 +313,6 @@ def bench_attention(model: MultimodalSum, args, progress: bool) -> list[dict]:
             return run
 
         fwd_impls = {nm: fwd(fn) for nm, fn in impls.items()}
-        if impls is function:  # diagnostic: the same function on contiguous K/V (not the layout _cross_kv returns)
-            kc, vc = k.detach().contiguous(), v.detach().contiguous()
-            fwd_impls["batched_contiguous_kv"] = fwd(lambda: MultimodalSum.entity_mean_attention(attn, x, kc, vc, mask))
         tf = time_impls(fwd_impls, args.attn_repeats, args.warmup, f"{level}: forward", progress, calls=calls)
         tb = time_impls({nm: fwd_bwd(fn) for nm, fn in impls.items()}, args.attn_repeats, args.warmup,
                         f"{level}: forward+backward", progress, calls=max(1, calls // 2))
@@ -335,18 +321,15 @@ def bench_attention(model: MultimodalSum, args, progress: bool) -> list[dict]:
             leaf.grad = None
         attn.zero_grad(set_to_none=True)
         out_diff = {"output": diffs["output"]}
-        rows.append({**compare(f"{level}, forward", "no_grad forward", shape, tf, out_diff), "finite": finite,
-                     **contiguous_diagnostic(tf)})
+        rows.append({**compare(f"{level}, forward", "no_grad forward", shape, tf, out_diff), "finite": finite})
         rows.append({**compare(f"{level}, forward+backward", "forward + backward (random cotangent)", shape, tb,
                                diffs), "finite": finite})
     # one beam-search decoding step: N = batch x beams, T = 1
     n1 = args.gen_batch * args.num_beams
     inp = attention_inputs(attn, n1, e, s, 1, d, args.seed + 12)
     x1, k1, v1, m1 = inp["x"], inp["k"], inp["v"], inp["mask"]
-    k1c, v1c = k1.contiguous(), v1.contiguous()
     impls = {"batched": lambda: MultimodalSum.entity_mean_attention(attn, x1, k1, v1, m1),
-             "loop": lambda: loop_entity_mean_attention(attn, x1, k1, v1, m1),
-             "batched_contiguous_kv": lambda: MultimodalSum.entity_mean_attention(attn, x1, k1c, v1c, m1)}
+             "loop": lambda: loop_entity_mean_attention(attn, x1, k1, v1, m1)}
     with torch.no_grad():
         diff = {"output": max_diff(impls["batched"](), impls["loop"]())}
 
@@ -358,8 +341,24 @@ def bench_attention(model: MultimodalSum, args, progress: bool) -> list[dict]:
         td = time_impls({nm: nograd(fn) for nm, fn in impls.items()}, args.attn_repeats, args.warmup,
                         "decode step: forward", progress, calls=args.attn_calls * 10)
     shape1 = f"N={n1} (batch x beams) E={e} S={s} T=1 ({inp['empty_entities']} empty entities)"
-    rows.append({**compare("attention function, one decoding step", "no_grad forward, T = 1", shape1, td, diff),
-                 **contiguous_diagnostic(td)})
+    rows.append({**compare("attention function, one decoding step", "no_grad forward, T = 1", shape1, td, diff)})
+    # the same step as the model's beam search runs it: one memory row per example, the beams as its queries
+    # (x [B, beams, d] against B rows of K/V), against the loop on the official per-beam layout above
+    b1 = args.gen_batch
+    rows_of = torch.arange(n1).view(b1, args.num_beams)[:, 0]  # the per-beam memory repeats each example's row
+    k2, v2, m2 = k1[rows_of].contiguous(), v1[rows_of].contiguous(), m1[rows_of]
+    k1r, v1r, m1r = (y[rows_of].repeat_interleave(args.num_beams, 0) for y in (k1, v1, m1))
+    x2 = x1.view(b1, args.num_beams, d)
+    impls = {"batched": lambda: MultimodalSum.entity_mean_attention(attn, x2, k2, v2, m2),
+             "loop": lambda: loop_entity_mean_attention(attn, x1, k1r, v1r, m1r)}
+    with torch.no_grad():
+        diff = {"output": max_diff(impls["batched"]().view(n1, 1, d), impls["loop"]())}
+        td = time_impls({nm: nograd(fn) for nm, fn in impls.items()}, args.attn_repeats, args.warmup,
+                        "decode step, shared memory: forward", progress, calls=args.attn_calls * 10)
+    shape2 = (f"batched: N={b1} T={args.num_beams} (beams as queries); loop: N={n1} T=1 (memory per beam); "
+              f"E={e} S={s}")
+    rows.append({**compare("attention in one decoding step, the model's beam layout", "no_grad forward", shape2,
+                           td, diff)})
     return rows
 
 
@@ -444,7 +443,7 @@ def bench_generation(model: MultimodalSum, args, inp: dict, memory: Memory, prog
     # the call above was the warm-up
     t = time_impls({"generate": end_to_end}, args.gen_repeats, 0, "generate (encode + beam search)",
                    progress)["generate"]
-    # cross-attention K/V: beam search projects them for B * num_beams rows (memory.index_batch(expand))
+    # cross-attention K/V for B * num_beams rows (the official layout, memory.index_batch(expand)) vs B rows (the model's)
     expand = torch.arange(b).repeat_interleave(args.num_beams)
 
     def kv_rows():
@@ -466,20 +465,30 @@ def bench_generation(model: MultimodalSum, args, inp: dict, memory: Memory, prog
     if args.gen_loop_repeats > 0:
         outs = {}
 
-        def beam(name, fn):
+        def beam(name, fn, shared):
             def run():
-                with attention_swapped(model, fn), torch.no_grad():
-                    outs[name] = model.generate(memory=memory, **kw)
+                model.share_memory_across_beams = shared
+                try:
+                    with attention_swapped(model, fn), torch.no_grad():
+                        outs[name] = model.generate(memory=memory, **kw)
+                finally:
+                    model.share_memory_across_beams = True
             return run
 
-        # no separate warm-up: the batched path is warm from the calls above, a call lasts many seconds
-        tl = time_impls({"batched": beam("batched", None), "loop": beam("loop", loop_entity_mean_attention)},
+        # no separate warm-up: the batched path is warm from the calls above, a call lasts many seconds.
+        # "loop": the per-entity loop on the official layout (memory repeated per beam, as the official code and
+        # Hugging Face's generate); "loop_shared_memory": the same loop on the model's one-row-per-example memory.
+        tl = time_impls({"batched": beam("batched", None, True),
+                         "loop": beam("loop", loop_entity_mean_attention, False),
+                         "loop_shared_memory": beam("loop_shared_memory", loop_entity_mean_attention, True)},
                         args.gen_loop_repeats, 0, "beam search: batched vs loop", progress)
-        identical = bool(torch.equal(outs["batched"], outs["loop"]))
+        identical = all(torch.equal(outs["batched"], outs[k]) for k in ("loop", "loop_shared_memory"))
         row = compare("beam search from the encoded memory", f"generate(memory=...), beams {args.num_beams}, "
-                      f"{args.max_length - 1} steps", f"B={b}, {args.num_beams} beams", tl, {})
+                      f"{args.max_length - 1} steps; loop = per-entity loop with the memory repeated per beam",
+                      f"B={b}, {args.num_beams} beams", tl, {})
         row.update({"generated_ids_identical": identical, "max_abs_diff": {}, "within_tolerance": True,
-                    "entities_per_s": {k: b / v["median_s"] for k, v in tl.items()}})
+                    "entities_per_s": {k: b / v["median_s"] for k, v in tl.items()},
+                    "loop_shared_memory_over_batched": tl["loop_shared_memory"]["median_s"] / tl["batched"]["median_s"]})
         rows.append(row)
     return gen, rows
 
@@ -586,18 +595,16 @@ def print_tables(report: dict) -> None:
                   f"{'' if row['meets_target'] else ' (not met)'} | {diff} |")
     print()
     for th, res in report["results"].items():
-        for row in res["batched_vs_loop"]:
-            if "diagnostic_batched_contiguous_kv" in row:
-                print(f"threads {th}, {row['name']}: on contiguous K/V the batched function takes "
-                      f"{fmt_s(row['diagnostic_batched_contiguous_kv']['median_s'])} (loop / batched "
-                      f"{row['diagnostic_loop_over_batched_contiguous_kv']:.2f}x; the model's transposed K/V views "
-                      f"cost {row['diagnostic_batched_over_batched_contiguous_kv']:.2f}x)")
-    for th, res in report["results"].items():
         g = res["generation"]
-        print(f"threads {th}: beam search projects cross K/V for B*beams rows in "
+        print(f"threads {th}: cross K/V for B*beams rows (the official layout) "
               f"{fmt_s(g['cross_kv_for_beam_rows']['median_s'])} vs {fmt_s(g['cross_kv_for_example_rows']['median_s'])} "
-              f"for B rows ({100 * g['cross_kv_beam_rows_share_of_generate']:.1f}% of generate); all examples decoded "
+              f"for the model's B rows ({100 * g['cross_kv_beam_rows_share_of_generate']:.1f}% of generate); all examples decoded "
               f"{cfg['generation']['max_length']} tokens: {g['all_examples_decoded_max_length']}")
+    for th, res in report["results"].items():
+        for row in res["batched_vs_loop"]:
+            if "loop_shared_memory_over_batched" in row:
+                print(f"threads {th}: beam search with the per-entity loop on the model's shared memory: "
+                      f"loop / batched {row['loop_shared_memory_over_batched']:.2f}x (entity batching alone)")
     for th, res in report["results"].items():
         ld = res["load1_seen"]
         busy = ld["median"] > float(th) + 0.75

@@ -421,6 +421,38 @@ def test_beam_search_shapes_trigrams_and_batching():
     assert free.size(0) == 3
 
 
+@torch.no_grad()
+def test_beam_search_shared_memory_equals_memory_per_beam():
+    """Beam search reads one memory row per example (its beams are that row's queries); the official layout repeats
+    the memory per beam. Same logits at every step, so the same ids, with all three modalities and empty entities."""
+    model = make_model(seed=6, table="yelp", image="resnet18", eos_bias=2.0)
+    ids, mask = reviews(3, 3, 7, seed=12)
+    ids[1, 2:] = PAD
+    table = build_table_batch([YELP_RECORD, None, YELP_RECORD], YELP_SCHEMA, fake_tokenizer)
+    torch.manual_seed(7)
+    images = torch.randn(3, 2, 3, 64, 64)
+    image_mask = torch.tensor([[True, False], [False, False], [True, True]])
+    memory = model.encode(ids, mask, images, image_mask, table)
+    kw = dict(num_beams=4, max_length=14, no_repeat_ngram_size=3)
+    shared = model.generate(memory=memory, **kw)
+    model.share_memory_across_beams = False
+    per_beam = model.generate(memory=memory, **kw)
+    assert torch.equal(shared, per_beam)
+    # one decoding step: the folded cross-attention equals the expanded one (and the gates per row)
+    expand = torch.arange(3).repeat_interleave(4)
+    x = torch.randn(12, 1, model.config.d_model)
+    attn = model.bart.model.decoder.layers[0].encoder_attn
+    stats = {k: [] for k in ("alpha", "beta", "alpha_present", "beta_present")}
+    folded = model._fused_cross_attention(0, attn, x, model._cross_kv(memory)[0], stats)
+    stats2 = {k: [] for k in stats}
+    expanded = model._fused_cross_attention(0, attn, x, model._cross_kv(memory.index_batch(expand))[0], stats2)
+    assert torch.allclose(folded, expanded, atol=1e-6)
+    assert torch.allclose(stats["alpha"][0], stats2["alpha"][0]) and stats["alpha"][0].shape == (12,)
+    assert (stats["beta"][0][4:8] == 0).all()  # example 1 has no real photo
+    with pytest.raises(ValueError, match="not a multiple"):
+        model._fused_cross_attention(0, attn, x[:10], model._cross_kv(memory)[0], stats)
+
+
 def test_banned_ngrams():
     assert banned_ngram_tokens([[5, 6, 7, 5, 6]], 3) == [[7]]
     assert banned_ngram_tokens([[5, 6]], 3) == [[]]

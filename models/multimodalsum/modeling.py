@@ -18,11 +18,13 @@ Architecture
   review, a photo, the table) separately with the same q/k/v/out projections; the per-head context vectors are
   averaged over the NON-EMPTY entities (an entity whose keys are all padding is excluded; an example with no
   non-empty entity gets context 0), and only then ``out_proj`` is applied; dropout, residual and
-  ``encoder_attn_layer_norm`` follow as in stock BART (MMS:464-477). **Batching**: entities are an extra batch-like
-  axis of the keys/values, ``K, V: [N, E, H, S, d_h]``; the query ``[N, 1, H, T, d_h]`` is broadcast over it, so one
-  batched matmul computes all ``[N, E, H, T, S]`` scores (equivalent to folding the entities into the batch, without
-  copying the query); no Python loop over entities. Padding keys are masked with ``masked_fill(finfo.min)``
-  [reconstruction: the official code adds -2**16 (MMS:844); both give padding exactly zero weight in fp32].
+  ``encoder_attn_layer_norm`` follow as in stock BART (MMS:464-477). **Batching**: the entities of an example lie
+  side by side on one key axis, ``K, V: [N, H, E*S, d_h]`` (contiguous, made once per forward / generate), so the
+  scores of all entities are one matmul ``[N, H, T, E*S]``, the softmax runs within each entity's ``S`` keys, the
+  probabilities are scaled by the entity weights (1 / number of non-empty entities, 0 for an empty one), and one more
+  matmul with ``V`` gives the mean of the per-entity contexts directly; no Python loop over entities. Padding
+  keys are masked with ``masked_fill(finfo.min)`` [reconstruction: the official code adds -2**16 (MMS:844); both
+  give padding exactly zero weight in fp32].
 * **Rating deviation** [official code, MMS:514-515, 588-597]: a learned ``r in R^d`` (init N(0, init_std)) is added
   to every decoder input: ``x_t = embed_scale * tok_t + pos_t + delta * r``, i.e. AFTER the embedding scale and the
   positions and BEFORE ``layernorm_embedding`` and the embedding dropout. ``delta`` is one float per example
@@ -835,6 +837,9 @@ class MultimodalSum(nn.Module):
         self.image_encoder = (ImageEncoder(d, image_backbone, image_weights_path)
                               if image_backbone is not None else None)
         self.encode_padding_images = encode_padding_images
+        # beam search keeps one memory row per example (its beams are the queries of that row); False = the
+        # official / Hugging Face layout, the memory repeated per beam (same ids; a benchmark reference)
+        self.share_memory_across_beams = True
         self.gate_stats: dict[str, torch.Tensor] = {}
 
     # ---- encoding
@@ -893,37 +898,50 @@ class MultimodalSum(nn.Module):
 
     # ---- attention pieces
     def _cross_kv(self, memory: Memory) -> list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-        """Per decoder layer, per modality: (K [N, E, H, S, dh], V, key mask [N, E, S])."""
+        """Per decoder layer, per modality: (K [N, H, E*S, dh], V, key mask [N, E, S]); see :meth:`entity_kv`."""
         items = memory.items()
         if not items:
             raise ValueError("the memory is empty: give reviews, images or a table")
         if memory.text is None and len(items) > 1:
             raise ValueError("without text, give exactly one of images / table (the unimodal pretraining steps)")
-        out = []
-        for layer in self.bart.model.decoder.layers:
-            attn = layer.encoder_attn
-            per = {}
-            for name, ent in items:
-                n, e, s, _ = ent.states.shape
-                k = attn.k_proj(ent.states).view(n, e, s, attn.num_heads, attn.head_dim).transpose(2, 3)
-                v = attn.v_proj(ent.states).view(n, e, s, attn.num_heads, attn.head_dim).transpose(2, 3)
-                per[name] = (k, v, ent.mask)
-            out.append(per)
-        return out
+        return [{name: (*self.entity_kv(layer.encoder_attn, ent.states), ent.mask) for name, ent in items}
+                for layer in self.bart.model.decoder.layers]
+
+    @staticmethod
+    def entity_kv(attn: nn.Module, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of every entity of every example, [N, E, S, d] -> [N, H, E*S, dh], contiguous.
+
+        The entities of a head lie side by side on one key axis (entity j = keys j*S .. j*S+S-1), so the parallel
+        mean is one matmul per head over all E*S keys (:meth:`entity_mean_attention`); made once per
+        ``forward`` / ``generate`` (beam search reuses it at every step), never re-laid-out per call."""
+        n, e, s, _ = states.shape
+        h, dh = attn.num_heads, attn.head_dim
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(n, e, s, h, dh).permute(0, 3, 1, 2, 4).reshape(n, h, e * s, dh)
+        return heads(attn.k_proj(states)), heads(attn.v_proj(states))
 
     @staticmethod
     def entity_mean_attention(attn: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               mask: torch.Tensor) -> torch.Tensor:
-        """Parallel-mean cross-attention: x [N, T, d], K/V [N, E, H, S, dh], mask [N, E, S] -> [N, T, d]."""
+        """Parallel-mean cross-attention: x [N, T, d], K/V [N, H, E*S, dh] (:meth:`entity_kv`), mask [N, E, S]
+        -> [N, T, d].
+
+        The mean over the non-empty entities e of softmax_S(q K_e^T) V_e, each entity's softmax over its own keys
+        (the paper's parallel encoding), computed as ONE matmul pair: the scores over all E*S keys, a softmax within
+        each entity's S keys, the probabilities scaled by the entity weights 1/|non-empty| (0 for an empty entity),
+        then (scaled probabilities) @ V over the E*S keys = the weighted sum of the per-entity contexts."""
         n, t, d = x.shape
-        q = attn.q_proj(x).view(n, t, attn.num_heads, attn.head_dim).transpose(1, 2).unsqueeze(1)  # [N,1,H,T,dh]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # [N, E, H, T, S]
-        scores = scores.masked_fill(~mask[:, :, None, None, :], torch.finfo(scores.dtype).min)
+        _, e, s = mask.shape
+        h = attn.num_heads
+        q = attn.q_proj(x).view(n, t, h, attn.head_dim).transpose(1, 2)  # [N, H, T, dh]
+        scores = torch.matmul(q, k.transpose(-1, -2)).view(n, h, t, e, s) * attn.scaling  # [N, H, T, E, S]
+        scores = scores.masked_fill(~mask[:, None, None], torch.finfo(scores.dtype).min)
         probs = F.dropout(F.softmax(scores, dim=-1), p=attn.dropout, training=attn.training)
-        ctx = torch.matmul(probs, v)  # [N, E, H, T, dh]
-        entity = mask.any(-1).to(ctx.dtype)  # [N, E]
+        entity = mask.any(-1).to(probs.dtype)  # [N, E]
         weight = entity / entity.sum(1, keepdim=True).clamp(min=1.0)
-        ctx = (ctx * weight[:, :, None, None, None]).sum(1)  # [N, H, T, dh]
+        probs = (probs * weight[:, None, None, :, None]).view(n, h, t, e * s)
+        ctx = torch.matmul(probs, v)  # [N, H, T, dh]: the weighted mean of the entities' contexts
         return attn.out_proj(ctx.transpose(1, 2).reshape(n, t, d))
 
     @staticmethod
@@ -951,7 +969,19 @@ class MultimodalSum(nn.Module):
     def _fused_cross_attention(self, i: int, attn: nn.Module, x: torch.Tensor,
                                kv: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                                stats: dict[str, list]) -> torch.Tensor:
-        outs = {m: self.entity_mean_attention(attn, x, *kv[m]) for m in kv}
+        n, t, d = x.shape
+        n_kv = next(iter(kv.values()))[2].size(0)
+        if n == n_kv:
+            outs = {m: self.entity_mean_attention(attn, x, *kv[m]) for m in kv}
+        else:
+            # beam search: the memory holds one row per example and x one row per beam (rows ex * beams + j). Cross-
+            # attention has no mask between queries, so the beams of an example are its queries: x [B*beams, T, d]
+            # -> [B, beams*T, d] against the example's K/V, read once instead of once per beam.
+            if n % n_kv:
+                raise ValueError(f"decoder rows {n} are not a multiple of the memory's {n_kv} examples")
+            folded = x.reshape(n_kv, (n // n_kv) * t, d)
+            outs = {m: self.entity_mean_attention(attn, folded, *kv[m]).view(n, t, d) for m in kv}
+            kv = {m: (k, v, mask.repeat_interleave(n // n_kv, 0)) for m, (k, v, mask) in kv.items()}
         if "text" not in outs:
             (only,) = outs.values()
             return only
@@ -1150,7 +1180,9 @@ class MultimodalSum(nn.Module):
         b = memory.batch_size
         device = self.rating_embedding.device
         expand = torch.arange(b, device=device).repeat_interleave(num_beams)
-        cross_kv = self._cross_kv(memory.index_batch(expand))  # computed once, shared by the beams of an example
+        # computed once; one row per example, whose beams are its queries (``_fused_cross_attention``), unless
+        # ``share_memory_across_beams`` is off (then one row per beam, as the official code)
+        cross_kv = self._cross_kv(memory if self.share_memory_across_beams else memory.index_batch(expand))
         delta = delta.index_select(0, expand)
         tokens = torch.full((b * num_beams, 1), start, dtype=torch.long, device=device)
         beam_scores = torch.zeros(b, num_beams, device=device)
