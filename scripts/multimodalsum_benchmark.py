@@ -86,8 +86,10 @@ QUICK = dict(train_batch=2, gen_batch=2, reviews=4, train_reviews=4, review_toke
 
 # ---------------------------------------------------------------------------------------------- the reference
 def _loop_core(attn, x: torch.Tensor, entity_kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-               mask: torch.Tensor) -> torch.Tensor:
-    """x [N, T, d]; ``entity_kv(j)`` -> (K_j, V_j) [N, H, S, dh] of entity j; mask [N, E, S] -> [N, T, d]."""
+               mask: torch.Tensor, presummed: bool = False) -> torch.Tensor:
+    """x [N, T, d]; ``entity_kv(j)`` -> (K_j, V_j) [N, H, S, dh] of entity j; mask [N, E, S] -> [N, T, d]: ordinary
+    attention over each entity in turn, the per-head contexts averaged over the non-empty entities (``presummed``:
+    V_j already carries the mean's weight w_j, as the model's layout does, so the contexts are summed)."""
     n, t, d = x.shape
     h, dh = attn.num_heads, attn.head_dim
     q = attn.q_proj(x).view(n, t, h, dh).transpose(1, 2)  # [N, H, T, dh]: the same query for every entity
@@ -103,17 +105,20 @@ def _loop_core(attn, x: torch.Tensor, entity_kv: Callable[[int], tuple[torch.Ten
         present = keep.any(-1).to(ctx.dtype)  # [N]: entity j is not all padding in that example
         total = total + ctx * present[:, None, None, None]
         count = count + present
-    ctx = total / count.clamp(min=1.0)[:, None, None, None]  # mean over the non-empty entities; none: 0
+    ctx = total if presummed else total / count.clamp(min=1.0)[:, None, None, None]  # none non-empty: 0
     return attn.out_proj(ctx.transpose(1, 2).reshape(n, t, d))
 
 
 def loop_entity_mean_attention(attn, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                mask: torch.Tensor) -> torch.Tensor:
-    """The reference of ``MultimodalSum.entity_mean_attention`` (same signature): K/V [N, H, E*S, dh] precomputed
-    (``MultimodalSum.entity_kv``), looped over E; entity j's K/V is the view [N, H, S, dh] of its keys (no copy)."""
+    """The reference of ``MultimodalSum.entity_mean_attention`` (same signature, the model's layout): K and the
+    entity-weighted V' [N, H, E*S, dh] of ``MultimodalSum.entity_kv``, looped over E; entity j's K/V' is the view
+    [N, H, S, dh] of its keys (no copy), and its weighted contexts are summed (= the mean). The independent check of
+    the weighting itself is :func:`loop_from_states` (raw projections, mean over the non-empty entities) and the
+    unit test against stock BART attention."""
     n, e, s = mask.shape
     k5, v5 = (y.view(n, y.size(1), e, s, y.size(-1)) for y in (k, v))
-    return _loop_core(attn, x, lambda j: (k5[:, :, j], v5[:, :, j]), mask)
+    return _loop_core(attn, x, lambda j: (k5[:, :, j], v5[:, :, j]), mask, presummed=True)
 
 
 def _heads(attn, y: torch.Tensor) -> torch.Tensor:
@@ -130,7 +135,7 @@ def loop_from_states(attn, x: torch.Tensor, states: torch.Tensor, mask: torch.Te
 def batched_from_states(attn, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The model's path: all entities projected in one call (``MultimodalSum.entity_kv``, what ``_cross_kv`` does
     for one layer), then ``entity_mean_attention``."""
-    return MultimodalSum.entity_mean_attention(attn, x, *MultimodalSum.entity_kv(attn, states), mask)
+    return MultimodalSum.entity_mean_attention(attn, x, *MultimodalSum.entity_kv(attn, states, mask), mask)
 
 
 @contextmanager
@@ -219,7 +224,7 @@ def attention_inputs(attn, n: int, e: int, s: int, t: int, d: int, seed: int) ->
     x = torch.randn(n, t, d, generator=g)
     with torch.no_grad():
         # the layout of ``_cross_kv``'s output ([N, H, E*S, dh], contiguous), detached: leaves for the gradient checks
-        k, v = (y.detach() for y in MultimodalSum.entity_kv(attn, states))
+        k, v = (y.detach() for y in MultimodalSum.entity_kv(attn, states, mask))
     return {"x": x, "states": states, "k": k, "v": v, "mask": mask, "cotangent": torch.randn(n, t, d, generator=g),
             "empty_entities": int((lengths == 0).sum()), "examples_without_entities": int((lengths.sum(1) == 0).sum())}
 
@@ -296,6 +301,13 @@ def bench_attention(model: MultimodalSum, args, progress: bool) -> list[dict]:
             (fn() * cot).sum().backward()
             grads[name] = {**{f"d{key}": leaf.grad.clone() for key, leaf in leaves.items()},
                            **{f"d{key}": p.grad.clone() for key, p in params.items() if p.grad is not None}}
+        if "dV" in grads["batched"]:
+            # V' of an all-padding entity is 0 (weight 0), so its gradient never reaches v_proj (d(w V)/dV = w = 0);
+            # as a leaf, the batched code gives it the uniform probabilities' gradient, the loop none: compare dV'
+            # on the keys of non-empty entities only
+            live = mask.any(-1)[:, None, :, None, None].expand(-1, 1, -1, s, 1).reshape(n, 1, e * s, 1)
+            for name in grads:
+                grads[name]["dV"] = grads[name]["dV"] * live
         diffs.update({f"grad {key}": max_diff(grads["batched"][key], grads["loop"][key]) for key in grads["batched"]})
 
         def fwd(fn):

@@ -131,6 +131,7 @@ def test_parallel_mean_equals_entity_loop():
     mask = torch.arange(s)[None, None, :] < lengths[..., None]
     x = torch.randn(n, t, d)
     k, v, m = model._cross_kv(Memory(text=EntityMemory(states, mask)))[1]["text"]
+    assert k.is_contiguous() and v.is_contiguous() and k.shape == (n, attn.num_heads, e * s, attn.head_dim)
     got = model.entity_mean_attention(attn, x, k, v, m)
     for i in range(n):
         outs = []
@@ -446,7 +447,7 @@ def test_beam_search_shared_memory_equals_memory_per_beam():
     folded = model._fused_cross_attention(0, attn, x, model._cross_kv(memory)[0], stats)
     stats2 = {k: [] for k in stats}
     expanded = model._fused_cross_attention(0, attn, x, model._cross_kv(memory.index_batch(expand))[0], stats2)
-    assert torch.allclose(folded, expanded, atol=1e-6)
+    assert torch.allclose(folded, expanded, atol=1e-5)
     assert torch.allclose(stats["alpha"][0], stats2["alpha"][0]) and stats["alpha"][0].shape == (12,)
     assert (stats["beta"][0][4:8] == 0).all()  # example 1 has no real photo
     with pytest.raises(ValueError, match="not a multiple"):

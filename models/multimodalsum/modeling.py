@@ -20,9 +20,9 @@ Architecture
   non-empty entity gets context 0), and only then ``out_proj`` is applied; dropout, residual and
   ``encoder_attn_layer_norm`` follow as in stock BART (MMS:464-477). **Batching**: the entities of an example lie
   side by side on one key axis, ``K, V: [N, H, E*S, d_h]`` (contiguous, made once per forward / generate), so the
-  scores of all entities are one matmul ``[N, H, T, E*S]``, the softmax runs within each entity's ``S`` keys, the
-  probabilities are scaled by the entity weights (1 / number of non-empty entities, 0 for an empty one), and one more
-  matmul with ``V`` gives the mean of the per-entity contexts directly; no Python loop over entities. Padding
+  scores of all entities are one matmul ``[N, H, T, E*S]``, the softmax runs within each entity's ``S`` keys, and one
+  more matmul with ``V`` pre-scaled per entity by the mean's weights (1 / number of non-empty entities, 0 for an
+  empty one) gives the mean of the per-entity contexts directly; no Python loop over entities. Padding
   keys are masked with ``masked_fill(finfo.min)`` [reconstruction: the official code adds -2**16 (MMS:844); both
   give padding exactly zero weight in fp32].
 * **Rating deviation** [official code, MMS:514-515, 588-597]: a learned ``r in R^d`` (init N(0, init_std)) is added
@@ -904,44 +904,53 @@ class MultimodalSum(nn.Module):
             raise ValueError("the memory is empty: give reviews, images or a table")
         if memory.text is None and len(items) > 1:
             raise ValueError("without text, give exactly one of images / table (the unimodal pretraining steps)")
-        return [{name: (*self.entity_kv(layer.encoder_attn, ent.states), ent.mask) for name, ent in items}
+        return [{name: (*self.entity_kv(layer.encoder_attn, ent.states, ent.mask), ent.mask) for name, ent in items}
                 for layer in self.bart.model.decoder.layers]
 
     @staticmethod
-    def entity_kv(attn: nn.Module, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of every entity of every example, [N, E, S, d] -> [N, H, E*S, dh], contiguous.
+    def entity_weights(mask: torch.Tensor) -> torch.Tensor:
+        """[N, E, S] key mask -> [N, E]: 1 / (number of non-empty entities) for a non-empty entity, 0 otherwise."""
+        entity = mask.any(-1).float()
+        return entity / entity.sum(1, keepdim=True).clamp(min=1.0)
+
+    @staticmethod
+    def entity_kv(attn: nn.Module, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and entity-weighted V of every entity of every example: states [N, E, S, d], mask [N, E, S] ->
+        K, V' [N, H, E*S, dh], contiguous, with V'_e = w_e V_e (:meth:`entity_weights`).
 
         The entities of a head lie side by side on one key axis (entity j = keys j*S .. j*S+S-1), so the parallel
-        mean is one matmul per head over all E*S keys (:meth:`entity_mean_attention`); made once per
-        ``forward`` / ``generate`` (beam search reuses it at every step), never re-laid-out per call."""
+        mean is one matmul per head over all E*S keys (:meth:`entity_mean_attention`); the mean's weights are folded
+        into V once here (per forward / ``generate``; beam search reuses it at every step) rather than into the
+        [T, E*S] probabilities at every call."""
         n, e, s, _ = states.shape
         h, dh = attn.num_heads, attn.head_dim
 
         def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(n, e, s, h, dh).permute(0, 3, 1, 2, 4).reshape(n, h, e * s, dh)
-        return heads(attn.k_proj(states)), heads(attn.v_proj(states))
+            # .contiguous() before merging E and S: reshape alone returns a strided VIEW here (E and S merge
+            # without a copy), which torch.matmul would then copy on every call
+            return y.view(n, e, s, h, dh).permute(0, 3, 1, 2, 4).contiguous()
+        w = MultimodalSum.entity_weights(mask).to(states.dtype)[:, None, :, None, None]  # [N, 1, E, 1, 1]
+        return (heads(attn.k_proj(states)).view(n, h, e * s, dh),
+                (heads(attn.v_proj(states)) * w).view(n, h, e * s, dh))
 
     @staticmethod
     def entity_mean_attention(attn: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               mask: torch.Tensor) -> torch.Tensor:
-        """Parallel-mean cross-attention: x [N, T, d], K/V [N, H, E*S, dh] (:meth:`entity_kv`), mask [N, E, S]
-        -> [N, T, d].
+        """Parallel-mean cross-attention: x [N, T, d], K and weighted V' [N, H, E*S, dh] (:meth:`entity_kv`), mask
+        [N, E, S] -> [N, T, d].
 
         The mean over the non-empty entities e of softmax_S(q K_e^T) V_e, each entity's softmax over its own keys
-        (the paper's parallel encoding), computed as ONE matmul pair: the scores over all E*S keys, a softmax within
-        each entity's S keys, the probabilities scaled by the entity weights 1/|non-empty| (0 for an empty entity),
-        then (scaled probabilities) @ V over the E*S keys = the weighted sum of the per-entity contexts."""
+        (the paper's parallel encoding), computed as ONE matmul pair: the scores over all E*S keys (q pre-scaled),
+        a softmax within each entity's S keys, then the probabilities @ V' over the E*S keys = sum_e w_e
+        softmax_e V_e, the weighted mean of the per-entity contexts (an empty entity has w_e = 0)."""
         n, t, d = x.shape
         _, e, s = mask.shape
         h = attn.num_heads
-        q = attn.q_proj(x).view(n, t, h, attn.head_dim).transpose(1, 2)  # [N, H, T, dh]
-        scores = torch.matmul(q, k.transpose(-1, -2)).view(n, h, t, e, s) * attn.scaling  # [N, H, T, E, S]
-        scores = scores.masked_fill(~mask[:, None, None], torch.finfo(scores.dtype).min)
+        q = (attn.q_proj(x) * attn.scaling).view(n, t, h, attn.head_dim).transpose(1, 2)  # [N, H, T, dh]
+        scores = torch.matmul(q, k.transpose(-1, -2)).view(n, h, t, e, s)  # [N, H, T, E, S], a fresh tensor
+        scores.masked_fill_(~mask[:, None, None], torch.finfo(scores.dtype).min)
         probs = F.dropout(F.softmax(scores, dim=-1), p=attn.dropout, training=attn.training)
-        entity = mask.any(-1).to(probs.dtype)  # [N, E]
-        weight = entity / entity.sum(1, keepdim=True).clamp(min=1.0)
-        probs = (probs * weight[:, None, None, :, None]).view(n, h, t, e * s)
-        ctx = torch.matmul(probs, v)  # [N, H, T, dh]: the weighted mean of the entities' contexts
+        ctx = torch.matmul(probs.view(n, h, t, e * s), v)  # [N, H, T, dh]
         return attn.out_proj(ctx.transpose(1, 2).reshape(n, t, d))
 
     @staticmethod
