@@ -17,6 +17,7 @@ CATALOG: dict[str, str] = {
     "dissan": "models.dissan.pipeline",
     "egtr": "models.egtr.pipeline",
     "multimodalsum": "models.multimodalsum.pipeline",
+    "bilingual_lm": "models.bilingual_lm.pipeline",
 }
 
 

@@ -1,1 +1,1 @@
-"""Bilingual (Korean-English) decoder LM in the style of HyperCLOVA X: the morpheme-aware byte-level BPE (`tokenizer`)."""
+"""Bilingual (Korean/English/code) decoder LM in the HyperCLOVA X style: tokenizer, pretraining, SFT (see README.md)."""

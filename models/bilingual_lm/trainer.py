@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -210,7 +211,9 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
     device = torch.device(device)
     d = init_distributed(device)
     check_batching(s, d)
-    if rows.ndim != 2 or rows.shape[1] != s.seq_len + 1:
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"rows: no training rows (shape {tuple(rows.shape)})")
+    if rows.shape[1] != s.seq_len + 1:
         raise ValueError(f"rows must be [N, seq_len + 1 = {s.seq_len + 1}], got {tuple(rows.shape)}")
     if masks is not None and masks.shape != (rows.shape[0], s.seq_len):
         raise ValueError(f"masks must be [N, seq_len] = {(rows.shape[0], s.seq_len)}, got {tuple(masks.shape)}")
@@ -233,6 +236,8 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start, history = int(state["step"]), list(state["history"])
+        if d.main:
+            print(f"resuming from {found[-1][1]}: {start} of {s.max_steps} steps done", file=sys.stderr, flush=True)
     ddp = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
