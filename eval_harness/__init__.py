@@ -1,0 +1,1 @@
+"""Korean + English LM evaluation harness (issue 18)."""
