@@ -7,8 +7,8 @@ document of :data:`data.lm_sources.TRAIN_SOURCES`:
 2. **PII scrubbing** (:func:`scrub_pii`): e-mail addresses, Korean resident registration numbers (YYMMDD-GNNNNNN
    with a valid date and a gender/century digit 1-4), phone numbers (Korean mobile 01X, Seoul 02 and area codes
    0NN, +82, and North-American ``(NNN) NNN-NNNN``), payment card numbers (13-19 digits, in groups or contiguous,
-   that pass the Luhn check) are replaced by ``[EMAIL]``, ``[RRN]``, ``[PHONE]``, ``[CARD]``; counts per kind and
-   source;
+   with a major network's issuer prefix and length, passing the Luhn check: :func:`card_number`) are replaced by
+   ``[EMAIL]``, ``[RRN]``, ``[PHONE]``, ``[CARD]``; counts per kind and source;
 3. **exact duplicates**: the same text after NFKC, lower-casing and whitespace collapsing; the first one is kept;
 4. **near duplicates** (MinHash LSH, ``datasketch``): character ``shingle``-grams of the normalised text (characters,
    not words, so Korean's variable spacing and code both work), ``num_perm`` permutations, Jaccard ``threshold``;
@@ -117,9 +117,29 @@ def _rrn(m: re.Match) -> str:
     return "[RRN]" if 1 <= month <= 12 and 1 <= day <= 31 else m.group(0)
 
 
+def card_number(digits: str) -> bool:
+    """A payment card number: an issuer prefix and length of the major networks (Visa 4: 13/16/19 digits;
+    Mastercard 51-55 and 2221-2720: 16; American Express 34/37: 15; Discover / UnionPay / JCB 6, 35: 16-19; Diners
+    36/38/30: 14-16), not one repeated digit, and the Luhn check (digit junk in reviews, e.g. "0000000000000000" or
+    "1234567891001", passes Luhn one time in ten)."""
+    n = len(digits)
+    if not 13 <= n <= 19 or len(set(digits)) == 1 or not luhn_ok(digits):
+        return False
+    if digits[0] == "4":
+        return n in (13, 16, 19)
+    if digits[:2] in ("51", "52", "53", "54", "55") or 2221 <= int(digits[:4]) <= 2720:
+        return n == 16
+    if digits[:2] in ("34", "37"):
+        return n == 15
+    if digits[0] == "6" or digits[:2] == "35":
+        return 16 <= n <= 19
+    if digits[:2] in ("36", "38", "30"):
+        return 14 <= n <= 16
+    return False
+
+
 def _card(m: re.Match) -> str:
-    digits = re.sub(r"\D", "", m.group(0))
-    return "[CARD]" if 13 <= len(digits) <= 19 and luhn_ok(digits) else m.group(0)
+    return "[CARD]" if card_number(re.sub(r"\D", "", m.group(0))) else m.group(0)
 
 
 def scrub_pii(text: str) -> tuple[str, Counter]:

@@ -52,6 +52,9 @@ def test_pii_kinds_are_replaced_and_counted(text, expected, kind):
     "991399-1234567",  # month 13: not a resident registration number
     "released 2024-01-15, version 3.11.7, port 8080",
     "x = 1234567890123",  # 13 digits failing Luhn
+    "0000000000000000",  # passes Luhn, one repeated digit (seen in NSMC reviews)
+    "1234567891001",  # passes Luhn, no card network starts with 1
+    "43242343424141341",  # passes Luhn, 17 digits: not a Visa length
 ])
 def test_pii_leaves_other_numbers_alone(text):
     assert scrub_pii(text) == (text, {})
