@@ -864,15 +864,20 @@ def run_program(
         work.mkdir(mode=0o700)
         newroot.mkdir(mode=0o755)
         (base / "program.py").write_text(program, encoding="utf-8")
+        # the runner's reports: their own folder, writable by the throwaway uid, because in the degraded mode the
+        # runner has already switched to it when it reports (base itself stays root's)
+        out = base / "out"
+        out.mkdir(mode=0o700)
         if as_root:
             os.chown(work, uid, uid)
+            os.chown(out, uid, uid)
             os.chmod(base, 0o711)  # traversable (not listable) for the throwaway uid where no new root is built
         cfg = {
             "mode": isolation, "network": bool(network), "reliability_guard": bool(reliability_guard),
             "cpu_s": cpu, "memory_bytes": int(memory_mb) << 20, "max_procs": int(max_procs),
             "fsize_bytes": int(fsize_mb) << 20, "nofile": int(max_open_files), "uid": uid, "host_uid": os.getuid(),
             "work": str(work), "newroot": str(newroot), "program": str(base / "program.py"),
-            "report": str(base / "report.json"), "result": str(base / "result"), "deny_read": _deny_read_paths(),
+            "report": str(out / "report.json"), "result": str(base / "result"), "deny_read": _deny_read_paths(),
         }
         (base / "config.json").write_text(json.dumps(cfg))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
@@ -893,7 +898,7 @@ def run_program(
             pass
         timed_out, rusage, returncode = _supervise(proc, base, t0 + timeout_s, sid)
         wall = time.monotonic() - t0
-        report = _read_json(base / "report.json")
+        report = _read_json(base / "out" / "report.json")
         outcome = _read_outcome(base / "result", token)
         isolation_info = dict(host_info, **report.get("layers", {}))
         final = report.get("final") or {}
@@ -918,7 +923,7 @@ def _supervise(proc: subprocess.Popen, base: Path, deadline: float, sid: str):
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 0.02)
     pidfd = None
-    report = _read_json(base / "report.json")
+    report = _read_json(base / "out" / "report.json")
     if timed_out:
         child = report.get("child_pid")
         if child:
@@ -950,7 +955,7 @@ def _supervise(proc: subprocess.Popen, base: Path, deadline: float, sid: str):
     proc.returncode = returncode
     if pidfd is not None:
         os.close(pidfd)
-    report = _read_json(base / "report.json")
+    report = _read_json(base / "out" / "report.json")
     if not str(report.get("layers", {}).get("process", "")).startswith("pid-namespace"):
         _kill_marked(sid)
     return timed_out, rusage, returncode
