@@ -90,7 +90,6 @@ class SFTConfig(LoopConfig):
     include_refusals: bool = True  # the labelled PII-refusal part of the mix
     decontaminate: bool = True  # drop SFT items overlapping an evaluation set (data.lm_sources.EVAL_SETS)
     system_rate: float = Field(0.0, ge=0, le=1)  # share of examples given a system message
-    heldout_fraction: float = Field(0.02, ge=0, lt=1)  # SFT examples held out for the validation loss
 
 
 class EvalConfig(StrictConfig):
