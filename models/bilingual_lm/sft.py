@@ -89,7 +89,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.bilingual_lm.tokenizer import ASSISTANT_ID, CHAT_ROLES, END_OF_TURN_ID, PAD_ID, SYSTEM_ID, USER_ID
+from models.bilingual_lm.tokenizer import (ASSISTANT_ID, END_OF_TURN_ID, PAD_ID, SYSTEM_ID, USER_ID,
+                                           check_messages)
 
 ROLE_IDS = {"system": SYSTEM_ID, "user": USER_ID, "assistant": ASSISTANT_ID}
 UL_EPS = 1e-5
@@ -124,21 +125,6 @@ def _check_seq_len(seq_len: Any) -> int:
         raise ValueError(f"seq_len: expected an int >= 1, got {seq_len!r}")
     return seq_len
 
-
-def _check_messages(messages: Any, where: str = "messages") -> list[Mapping[str, Any]]:
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise ValueError(f"{where}: expected a sequence of {{'role', 'content'}} dicts, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError(f"{where}: the conversation is empty")
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise ValueError(f"{where}[{i}]: expected a dict with 'role' and 'content', got {m!r}")
-        if m["role"] not in ROLE_IDS:
-            raise ValueError(f"{where}[{i}]: unknown chat role {m['role']!r} in turn {i} "
-                             f"(expected one of {', '.join(CHAT_ROLES)})")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"{where}[{i}]['content']: expected str, got {type(m['content']).__name__}")
-    return list(messages)
 
 
 def _assemble(roles: Sequence[str], contents: Sequence[list[int]], seq_len: int) -> ChatEncoding:
@@ -175,7 +161,7 @@ def encode_chat(tokenizer, messages: Sequence[Mapping[str, Any]], seq_len: int) 
     ``truncated``, ``truncated_tokens``, ``target_tokens`` (see :class:`ChatEncoding`). An unknown role raises
     ValueError naming the role and the turn index."""
     seq_len = _check_seq_len(seq_len)
-    messages = _check_messages(messages)
+    messages = check_messages(messages)
     contents = _encode_contents(tokenizer, [m["content"] for m in messages])
     return _assemble([m["role"] for m in messages], contents, seq_len)
 
@@ -193,7 +179,7 @@ def sft_rows(tokenizer, examples: Sequence[Mapping[str, Any]], seq_len: int, *,
     for k, ex in enumerate(examples):
         if not isinstance(ex, Mapping) or "messages" not in ex:
             raise ValueError(f"examples[{k}]: expected a dict with 'messages', got {type(ex).__name__}")
-        msgs = _check_messages(ex["messages"], f"examples[{k}]['messages']")
+        msgs = check_messages(ex["messages"], f"examples[{k}]['messages']")
         spans.append((len(texts), len(texts) + len(msgs)))
         roles.extend(m["role"] for m in msgs)
         texts.extend(m["content"] for m in msgs)

@@ -362,6 +362,24 @@ def _check_special_ids(backend, where: str) -> None:
                          f"{list(SPECIAL_TOKENS)}; got {got}")
 
 
+def check_messages(messages: Any, where: str = "messages") -> list[Mapping[str, Any]]:
+    """A conversation: a non-empty sequence of ``{'role', 'content'}`` dicts with a role of :data:`CHAT_ROLES` and
+    str content; anything else raises ``ValueError`` naming the turn (the chat template and SFT both use it)."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ValueError(f"{where}: expected a sequence of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError(f"{where}: the conversation is empty")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}[{i}]: expected a dict with 'role' and 'content', got {m!r}")
+        if m["role"] not in CHAT_ROLES:
+            raise ValueError(f"{where}[{i}]: unknown chat role {m['role']!r} in turn {i} "
+                             f"(expected one of {', '.join(CHAT_ROLES)})")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"{where}[{i}]['content']: expected str, got {type(m['content']).__name__}")
+    return list(messages)
+
+
 class BilingualTokenizer:
     """The trained / loaded tokenizer: ``hf`` (a ``PreTrainedTokenizerFast``), its ``backend``
     (``tokenizers.Tokenizer``) and the Python pre-split that the morpheme-aware variant needs at inference."""
@@ -471,17 +489,7 @@ class BilingualTokenizer:
                             tokenize: bool = False) -> str | list[int]:
         """The conversation rendered by the saved Jinja template (roles system / user / assistant); with
         ``tokenize`` its ids (the role tokens as special ids)."""
-        if isinstance(messages, (str, bytes, Mapping)):
-            raise ValueError("messages: expected a sequence of {'role', 'content'} dicts, "
-                             f"got {type(messages).__name__}")
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-                raise ValueError(f"messages[{i}]: expected a dict with 'role' and 'content', got {m!r}")
-            if m["role"] not in CHAT_ROLES:
-                raise ValueError(f"messages[{i}]: unknown chat role {m['role']!r} "
-                                 f"(expected one of {', '.join(CHAT_ROLES)})")
-            if not isinstance(m["content"], str):
-                raise ValueError(f"messages[{i}]['content']: expected str, got {type(m['content']).__name__}")
+        messages = check_messages(messages)
         text = self.hf.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                            add_generation_prompt=add_generation_prompt)
         return self.encode(text) if tokenize else text
