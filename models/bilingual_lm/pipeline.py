@@ -190,19 +190,17 @@ def sft(cfg: BilingualLMConfig, run_id: str, done: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def generations(cfg: BilingualLMConfig, weights: str, chat: bool) -> list[dict]:
+def generations(cfg: BilingualLMConfig, model, tok, chat: bool) -> list[dict]:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(cfg)
-    model = AutoModelForCausalLM.from_pretrained(weights).eval()
+    model.eval()
     out = []
     prompts = cfg.eval.chats if chat else cfg.eval.prompts
     for p in prompts:
         ids = (tok.encode(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True),
                           split_special_tokens=False) if chat else tok.encode(p))
         with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=cfg.eval.max_new_tokens, do_sample=False,
+            gen = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=cfg.eval.max_new_tokens, do_sample=False,
                                  eos_token_id=[tok.eos_token_id, 9], pad_token_id=tok.pad_token_id)
         out.append({"prompt": p, "completion": tok.decode(gen[0, len(ids):].tolist(), skip_special_tokens=True)})
     return out
@@ -234,7 +232,7 @@ def evaluate(cfg: BilingualLMConfig, run_id: str, done: dict) -> Evaluation:
               **scores, **unigram,
               "pretrain": {"steps": len(hist), "tokens": hist[-1]["tokens"] if hist else 0,
                            "final_loss": hist[-1]["loss"] if hist else None},
-              "generations": generations(cfg, weights, chat=k == "sft")}
+              "generations": generations(cfg, model, load_tokenizer(cfg), chat=k == "sft")}
     if k == "sft":
         result["sft"] = {"steps": len(done["sft"]["history"]), "final_loss": done["sft"]["history"][-1]["loss"],
                          "mix": _mix_summary(done["sft"]["mix"])}

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from data.atomic import atomic_write_json
     from data.config import ConfigError
     from data.lm_sources import CorpusFileError
-    from models.bilingual_lm.pipeline import MODEL
+    from data.config import load_section
+    from models.bilingual_lm.config import BilingualLMConfig
 
     try:
         overrides = {}
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
             overrides[key] = yaml.safe_load(value)
-        cfg = MODEL.load_config(args.params, {**overrides, "tokenizer.variant": args.variant})
+        # the config class directly (not the flow's ModelSpec): this stage depends on config.py alone
+        cfg = load_section(BilingualLMConfig, "bilingual_lm", args.params, {**overrides, "tokenizer.variant": args.variant})
         t0 = time.perf_counter()
         result = build_tokenizer(cfg, args.variant, args.out) if args.what == "tokenizer" else \
             pack_corpus(cfg, args.variant, args.out)
