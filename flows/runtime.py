@@ -39,15 +39,22 @@ class Interrupted(KeyboardInterrupt):
 
 @contextmanager
 def interrupts_raise() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (as SIGINT raises KeyboardInterrupt)."""
+    """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (as SIGINT raises KeyboardInterrupt).
+
+    Both signals are unblocked for the block: a run started by a parent that blocks them (some CI runners and job
+    wrappers do, and the mask is inherited through exec) would otherwise leave them pending and train on to the
+    end (a mask leaked through exec is an accident; an ignored SIGINT, as a non-interactive shell gives its ``&``
+    jobs, is a choice and is kept). The mask is restored afterwards."""
 
     def _raise(signum, frame):  # noqa: ARG001
         raise Interrupted(f"signal {signal.Signals(signum).name}")
 
     previous = signal.signal(signal.SIGTERM, _raise)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -25,6 +25,9 @@ EPOCHS = 400  # a tiny epoch takes ~40 ms: the run is still training when the si
 def _foreground_signals() -> None:
     # as in a terminal's foreground job: a test runner started in the background inherits SIGINT ignored
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # and as some CI runners start their jobs: both signals blocked, a mask exec keeps (the run must unblock them;
+    # a CI run once trained on to exit 0 with the SIGINT pending)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _start(params: Path, cwd: Path, env: dict) -> subprocess.Popen:
@@ -119,3 +122,18 @@ def test_kill_9_takes_the_server_down_and_the_next_run_resumes_and_marks_it_kill
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert "gone" in runs[0].data.tags["run.end"]
     assert done_before >= 3
+
+
+def test_interrupts_raise_unblocks_both_signals_and_restores_the_mask():
+    from flows.runtime import Interrupted, interrupts_raise
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            with interrupts_raise():
+                assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, set())
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises at once
+        assert {signal.SIGINT, signal.SIGTERM} <= signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
