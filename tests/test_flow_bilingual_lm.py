@@ -35,10 +35,10 @@ def test_base_then_sft_register_reuse_and_serve(prefect_harness, mlflow_store, t
     assert base["kind"] == "base" and base["registry"]["champion_alias"] == "champion_base"
     assert base["pretrain"]["steps"] == 12 and math.isfinite(base["heldout_bpb_mean"])
     assert base["heldout_bpb_mean"] == pytest.approx((base["heldout_bpb_ko"] + base["heldout_bpb_en"]) / 2)
-    written = json.loads((tmp_path / "tiny" / "metrics" / "tiny-base.json").read_text())
+    written = json.loads((tmp_path / "tiny" / "metrics" / "tiny-base-plain.json").read_text())
     assert written["heldout_bpb_mean"] == base["heldout_bpb_mean"] and "run_id" not in written
     assert written["unigram_bpb_ko"] > 0 and len(written["generations"]) == 1
-    curve = (tmp_path / "tiny" / "plots" / "tiny-base" / "pretrain_curve.csv").read_text().splitlines()
+    curve = (tmp_path / "tiny" / "plots" / "tiny-base-plain" / "pretrain_curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,loss,lr,grad_norm") and len(curve) == 13
     losses = [float(line.split(",")[1]) for line in curve[1:]]
     assert losses[-1] < losses[0]
@@ -47,7 +47,7 @@ def test_base_then_sft_register_reuse_and_serve(prefect_harness, mlflow_store, t
     assert sft["kind"] == "sft" and sft["registry"]["champion_alias"] == "champion"
     assert sft["pretrain"] == base["pretrain"]  # the same pretraining, reused from outputs/.../pretrain
     c = MlflowClient()
-    assert c.get_run(sft["run_id"]).data.tags["pretrain.reused"].endswith("tiny/pretrain")
+    assert c.get_run(sft["run_id"]).data.tags["pretrain.reused"].endswith("tiny/pretrain-plain")
     assert sft["sft"]["steps"] == section["sft"]["max_steps"] and set(sft["sft"]["mix"]) >= {"gsm8k", "refusal"}
     versions = {v.version: v for v in c.search_model_versions("name='bilingual_lm'")}
     assert len(versions) == 2

@@ -101,8 +101,8 @@ class EvalConfig(StrictConfig):
 
 
 class BilingualLMConfig(StrictConfig):
-    run: str = "cpu10m"  # names metrics/bilingual_lm/<run>-<kind>.json, plots/bilingual_lm/<run>-<kind>/
-    outputs_root: str = "outputs/bilingual_lm"  # <root>/<run>/pretrain: the finished pretraining (base stage's output)
+    run: str = "cpu10m"  # names metrics/bilingual_lm/<run>-base-<tokenizer>.json and <run>-sft.json (+ plots folders)
+    outputs_root: str = "outputs/bilingual_lm"  # <root>/<run>/pretrain-<tokenizer>: the finished pretraining
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
@@ -123,7 +123,8 @@ class BilingualLMConfig(StrictConfig):
         return f"{self.tokenizer.dir}/{variant or self.tokenizer.variant}"
 
     def pretrain_dir(self) -> str:
-        return f"{self.outputs_root}/{self.run}/pretrain"
+        """The finished pretraining with this tokenizer (the output of DVC stage pretrain_bilingual_lm@<variant>)."""
+        return f"{self.outputs_root}/{self.run}/pretrain-{self.tokenizer.variant}"
 
     def packed_dir(self, variant: str | None = None) -> str:
         return f"{self.data.packed_dir}/{variant or self.tokenizer.variant}"

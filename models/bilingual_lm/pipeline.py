@@ -8,7 +8,7 @@ model ``bilingual_lm`` logged with MLflow's transformers flavour (a text-generat
 
 The tokenizer and the packed rows come from the DVC data stages before it (``train_tokenizer@<variant>``,
 ``pack_lm@<variant>``, :mod:`models.bilingual_lm.prepare`). The pretraining result is also written to
-``outputs/bilingual_lm/<run>/pretrain`` (model + fingerprint), the base stage's DVC output: a later SFT run (another
+``outputs/bilingual_lm/<run>/pretrain-<tokenizer>`` (model + fingerprint), the base stage's DVC output: a later SFT run (another
 DVC stage, another session) reuses it when the fingerprint matches instead of pretraining again.
 
     python -m flows.model bilingual_lm --variant base     # pretrain only, registered as the base model
@@ -35,11 +35,14 @@ def kind(cfg: BilingualLMConfig) -> str:
 
 
 def identity(cfg: BilingualLMConfig) -> RunIdentity:
+    from models.bilingual_lm import report
+
     r = cfg.registry
     k = kind(cfg)
     return RunIdentity(
-        experiment=r.experiment, run_name=f"bilingual_lm-{cfg.run}-{k}",
-        dvc_stage=dvc_address("bilingual_lm", "train_bilingual_lm" if k == "sft" else "pretrain_bilingual_lm"),
+        experiment=r.experiment, run_name=f"bilingual_lm-{report.name(cfg)}",
+        dvc_stage=dvc_address("bilingual_lm", "train_bilingual_lm" if k == "sft"
+                              else f"pretrain_bilingual_lm@{cfg.tokenizer.variant}"),
         registered_model=r.model_name,
         gate_metric=r.gate_metric, gate_mode=r.gate_mode, scope=None if k == "sft" else "base",
         data_paths=(cfg.packed_dir(), cfg.tokenizer_dir()),

@@ -1,5 +1,5 @@
-"""The bilingual LM's committed outputs: ``<outputs.metrics_dir>/<run>-<kind>.json`` (DVC metrics; run ids and times
-go to the MLflow run, :func:`models.common.tracking.write_metrics`) and ``<outputs.plots_dir>/<run>-<kind>/``: the
+"""The bilingual LM's committed outputs: ``<outputs.metrics_dir>/<name>.json`` (:func:`name`) (DVC metrics; run ids and times
+go to the MLflow run, :func:`models.common.tracking.write_metrics`) and ``<outputs.plots_dir>/<name>/``: the
 loss curve of each stage per optimiser step (CSV without times + PNG, with the held-out bits per byte where they
 were measured and the unigram baseline's as lines)."""
 
@@ -11,7 +11,8 @@ from models.common import tracking
 
 
 def name(cfg) -> str:
-    return f"{cfg.run}-{'sft' if cfg.sft.enabled else 'base'}"
+    """``<run>-sft`` or ``<run>-base-<tokenizer>`` (the base model is pretrained with each tokenizer to choose one)."""
+    return f"{cfg.run}-sft" if cfg.sft.enabled else f"{cfg.run}-base-{cfg.tokenizer.variant}"
 
 
 def plots_dir(cfg) -> Path:
