@@ -1,0 +1,41 @@
+"""CLI: ``python -m eval_harness --model PATH --tasks kobest_boolq,wikitext --data-root DIR --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eval_harness.data import TaskDataError
+from eval_harness.engine import ModelLoadError
+from eval_harness.evaluate import evaluate, results_table
+from eval_harness.tasks import GROUPS, TASKS, UnknownTaskError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval_harness", description=__doc__)
+    p.add_argument("--model", required=True, help="(path) local Hugging Face causal LM directory with its tokenizer")
+    p.add_argument("--tasks", required=True,
+                   help=f"(comma list) tasks or groups; tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}")
+    p.add_argument("--data-root", default="data/raw", help="(path) mirror root holding kobest/, click/, english_corpus/")
+    p.add_argument("--limit", type=int, default=None, help="(int) first N docs of each task")
+    p.add_argument("--num-fewshot", type=int, default=None, help="(int) few-shot count; default: lm-eval's per task")
+    p.add_argument("--fewshot-seed", type=int, default=1234, help="(int) seed of the few-shot sampler")
+    p.add_argument("--batch-size", type=int, default=32, help="(int) forward rows per batch")
+    p.add_argument("--dtype", default="float32", help="(str) float32 | bfloat16 | float16 | float64")
+    p.add_argument("--device", default="cpu", help="(str) cpu | cuda | cuda:N")
+    p.add_argument("--max-length", type=int, default=None, help="(int) override the model's context length")
+    p.add_argument("--out", default=None, help="(path) output directory for samples_*.jsonl, results.json/.md")
+    a = p.parse_args(argv)
+    try:
+        out = evaluate(a.model, [t for t in a.tasks.split(",") if t], data_root=a.data_root, limit=a.limit,
+                       num_fewshot=a.num_fewshot, fewshot_seed=a.fewshot_seed, batch_size=a.batch_size,
+                       dtype=a.dtype, device=a.device, max_length=a.max_length, out_dir=a.out)
+    except (UnknownTaskError, ModelLoadError, TaskDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(results_table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

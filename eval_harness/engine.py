@@ -1,0 +1,300 @@
+"""The scoring engine: batched log-likelihood of (context, continuation) pairs and rolling log-likelihood.
+
+It scores any Hugging Face causal LM (a local directory through ``AutoModelForCausalLM``/``AutoTokenizer``; the
+dtype and the device are parameters) and reproduces lm-eval 0.4.13's ``HFLM`` (``lm_eval/models/huggingface.py``,
+``lm_eval/api/model.py``). What decides equality with lm-eval:
+
+* **Encoding** (``TemplateLM.loglikelihood`` / ``_encode_pair``): the context's trailing whitespace
+  (``len(ctx) - len(ctx.rstrip())`` characters, ``\\n`` included) is moved to the front of the continuation; then
+  ``whole = enc(ctx + cont)``, ``ctx_enc = enc(ctx)``, ``cont_enc = whole[len(ctx_enc):]``; the continuation is
+  never encoded on its own. An empty context becomes ``[prefix_token_id]`` (unless the continuation already starts
+  with it).
+* **BOS** (``tok_encode``): ``tokenizer.encode(s)`` with the tokenizer's own default for special tokens (so BOS is
+  there iff the tokenizer's post-processor adds it), except that a string starting with ``decode(prefix_token_id)``
+  is encoded with ``add_special_tokens=False``. ``prefix_token_id`` = BOS, else EOS.
+* **Truncation**: the model input is ``(ctx_enc + cont_enc)[-(max_length + 1):][:-1]`` (left truncation);
+  ``max_length`` = the config's ``n_positions`` / ``max_position_embeddings`` / ``n_ctx`` (``text_config`` first),
+  else the tokenizer's ``model_max_length`` unless it is the "infinite" sentinel, else 2048.
+* **Scores**: ``log_softmax`` over the full output width in the logits' dtype (``softmax_dtype`` as lm-eval's);
+  the continuation's token log-probs summed with a torch ``sum`` in that dtype, then ``float``; ``is_greedy`` = every
+  continuation token is the argmax.
+* **Rolling** (``loglikelihood_rolling``): ``get_rolling_token_windows(enc(text), prefix_token_id, max_length,
+  context_len=1)`` + ``make_disjoint_window``, each window scored as a (context, continuation) request, the window
+  sums added as Python floats in window order. (If the tokenizer adds BOS, the first window scores BOS after the
+  BOS prefix, exactly as lm-eval does.)
+
+Where it is faster than ``HFLM`` (numbers agree to ~1e-6 in float32; order and batching do not change them beyond
+that): requests are encoded with batched tokenizer calls and each distinct context is encoded once; requests are
+sorted longest first and batched with right padding; a request whose model input is a prefix of another request's
+input with the same context (identical inputs, as lm-eval's ``group_by="contexts"``, and more generally shorter
+choices of the same question) takes its scores from that one forward pass; and the LM head is applied only at the
+positions that are scored (``logits_to_keep``, where the model supports it), so the vocabulary-wide log-softmax runs
+on scored rows only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+DEFAULT_MAX_LENGTH = 2048
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+class ModelLoadError(ValueError):
+    """The model directory cannot be used (no tokenizer, no config ...); raised before any weights are read."""
+
+
+def resolve_max_length(config, tokenizer, default: int = DEFAULT_MAX_LENGTH) -> int:
+    """lm-eval's ``resolve_max_length``: config length attributes (``text_config`` first), tokenizer, default."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    mml = getattr(tokenizer, "model_max_length", None)
+    if mml is not None and mml != TOKENIZER_INFINITY:
+        return int(mml)
+    return default
+
+
+def rolling_windows(tokens: list[int], prefix_token: int, max_seq_len: int,
+                    context_len: int = 1) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's ``get_rolling_token_windows`` followed by ``make_disjoint_window``, as (context, continuation)."""
+    assert 1 <= context_len <= max_seq_len
+    out: list[tuple[list[int], list[int]]] = []
+    if not tokens:
+        return out
+    pred_len = max_seq_len - context_len + 1
+    first = min(max_seq_len, len(tokens))
+    windows = [([prefix_token] + tokens[: first - 1], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        wpl = min(len(tokens) - predicted, pred_len)
+        end = predicted + wpl
+        windows.append((tokens[end - max_seq_len - 1: end - 1], tokens[end - wpl: end]))
+        predicted += wpl
+    for a, b in windows:
+        out.append((a[: len(a) - (len(b) - 1)], b))
+    return out
+
+
+@dataclass
+class _Req:
+    idx: int
+    inp: list[int]  # the model input (truncated, last token dropped)
+    cont: list[int]
+
+
+class LMScorer:
+    """Batched log-likelihood scoring of a causal LM (see the module docstring for what equals lm-eval).
+
+    Args:
+        model: a causal LM whose forward returns ``.logits``; put in eval mode here.
+        tokenizer: its (fast) tokenizer.
+        batch_size: forward rows per batch (after sharing); ``max_batch_tokens`` caps rows x padded length too.
+        max_length: overrides the length resolved from the config/tokenizer (lm-eval's ``max_length`` model arg).
+        softmax_dtype: dtype of the log-softmax (``None``: the logits' dtype, lm-eval's default).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int | None = 32768,
+                 max_length: int | None = None, softmax_dtype: torch.dtype | None = None,
+                 share_prefixes: bool = True) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = int(max_length) if max_length else resolve_max_length(model.config, tokenizer)
+        self.softmax_dtype = softmax_dtype
+        self.share_prefixes = share_prefixes
+        self.device = next(model.parameters()).device
+        self.stats = {"requests": 0, "forward_rows": 0, "forward_calls": 0}  # for tests and benchmarks
+        try:
+            self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            self._keep_arg = False
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.prefix_token_id = bos if bos is not None else eos
+        self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
+
+    # ----------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: str = "float32", device: str = "cpu",
+                        **kwargs) -> "LMScorer":
+        """Load ``AutoTokenizer`` + ``AutoModelForCausalLM`` from a local directory (tokenizer checked first)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        check_model_dir(path)
+        if dtype not in _DTYPES:
+            raise ModelLoadError(f"{path}: unknown dtype {dtype!r} (choose from {', '.join(_DTYPES)})")
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype]).to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------------- encoding
+    def tok_encode(self, strings: Sequence[str], add_special_tokens: bool | None = None) -> list[list[int]]:
+        """lm-eval's ``tok_encode`` for many strings at once (batched tokenizer calls, identical ids)."""
+        out: list[list[int] | None] = [None] * len(strings)
+        groups: dict[bool | None, list[int]] = {}
+        for i, s in enumerate(strings):
+            flag = add_special_tokens
+            if flag is None and self._prefix_str is not None and s.startswith(self._prefix_str):
+                flag = False
+            groups.setdefault(flag, []).append(i)
+        for flag, idxs in groups.items():
+            kw = {} if flag is None else {"add_special_tokens": flag}
+            enc = self.tokenizer([strings[i] for i in idxs], **kw)["input_ids"]
+            for i, e in zip(idxs, enc):
+                out[i] = list(e)
+        return out  # type: ignore[return-value]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """``(context_enc, continuation_enc)`` per pair, as ``TemplateLM.loglikelihood`` + ``_encode_pair``."""
+        moved = []
+        for ctx, cont in pairs:
+            if ctx == "":
+                moved.append(None)
+                continue
+            n = len(ctx) - len(ctx.rstrip())
+            moved.append((ctx[:-n], ctx[-n:] + cont) if n else (ctx, cont))
+        ctxs = sorted({m[0] for m in moved if m is not None})
+        ctx_enc = dict(zip(ctxs, self.tok_encode(ctxs)))
+        whole_idx = [i for i, m in enumerate(moved) if m is not None]
+        whole = dict(zip(whole_idx, self.tok_encode([moved[i][0] + moved[i][1] for i in whole_idx])))
+        empty_idx = [i for i, m in enumerate(moved) if m is None]
+        empty = dict(zip(empty_idx, self.tok_encode([pairs[i][1] for i in empty_idx], add_special_tokens=False)))
+        out = []
+        for i, m in enumerate(moved):
+            if m is None:
+                c = empty[i]
+                out.append(([self.prefix_token_id], c) if self.prefix_token_id != c[0] else (c[:1], c[1:]))
+            else:
+                ce = ctx_enc[m[0]]
+                out.append((ce, whole[i][len(ce):]))
+        return out
+
+    # ----------------------------------------------------------------------------------------------------- scoring
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, is_greedy) per (context, continuation) pair, in input order."""
+        return self.loglikelihood_tokens(self.encode_pairs(pairs))
+
+    def loglikelihood_rolling(self, strings: Sequence[str]) -> list[float]:
+        """Whole-string log-likelihood with lm-eval's disjoint rolling windows (for perplexity)."""
+        encs = self.tok_encode(strings)
+        windows, owner = [], []
+        for d, toks in enumerate(encs):
+            for w in rolling_windows(toks, self.prefix_token_id, self.max_length):
+                windows.append(w)
+                owner.append(d)
+        scores = self.loglikelihood_tokens(windows, share_prefixes=False)  # windows never share a prefix
+        totals = [0.0] * len(strings)
+        for d, (ll, _) in zip(owner, scores):
+            totals[d] = totals[d] + ll
+        return totals
+
+    def _hosts(self, reqs: list[_Req], share: bool) -> tuple[list[_Req], list[int]]:
+        """Forward rows and, per request, the index of the row whose input starts with the request's input."""
+        host_of = [-1] * len(reqs)
+        hosts: list[_Req] = []
+        by_key: dict[tuple, list[int]] = {}
+        order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i].inp))
+        for i in order:
+            r = reqs[i]
+            if share:
+                # candidates: requests with the same context part of the input (the choices of one question)
+                key = tuple(r.inp[: max(1, len(r.inp) - len(r.cont))])
+                cands = by_key.setdefault(key, [])
+                for h in cands:
+                    hi = hosts[h].inp
+                    if len(hi) >= len(r.inp) and hi[: len(r.inp)] == r.inp:
+                        host_of[i] = h
+                        break
+                if host_of[i] >= 0:
+                    continue
+                cands.append(len(hosts))
+            host_of[i] = len(hosts)
+            hosts.append(r)
+        return hosts, host_of
+
+    def _batches(self, rows: list[int], lengths: list[int]) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for r in rows:
+            if batch and (len(batch) >= self.batch_size or (
+                    self.max_batch_tokens and (len(batch) + 1) * lengths[batch[0]] > self.max_batch_tokens)):
+                yield batch
+                batch = []
+            batch.append(r)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]],
+                             share_prefixes: bool | None = None) -> list[tuple[float, bool]]:
+        """Score already-encoded (context_enc, continuation_enc) requests; results in input order."""
+        reqs = []
+        for i, (ctx, cont) in enumerate(requests):
+            if not ctx or not cont:
+                raise ValueError(f"request {i}: empty context or continuation encoding")
+            if len(cont) > self.max_length:
+                raise ValueError(f"request {i}: continuation of {len(cont)} tokens > max_length {self.max_length}")
+            reqs.append(_Req(i, (list(ctx) + list(cont))[-(self.max_length + 1):][:-1], list(cont)))
+        hosts, host_of = self._hosts(reqs, self.share_prefixes if share_prefixes is None else share_prefixes)
+        self.stats["requests"] += len(reqs)
+        self.stats["forward_rows"] += len(hosts)
+        members: list[list[int]] = [[] for _ in hosts]
+        for i, h in enumerate(host_of):
+            members[h].append(i)
+        row_order = sorted(range(len(hosts)), key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
+        lengths = [len(h.inp) for h in hosts]
+        results: list[tuple[float, bool] | None] = [None] * len(reqs)
+        for batch in self._batches(row_order, lengths):
+            width = lengths[batch[0]]
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, h in enumerate(batch):
+                ids[b, : lengths[h]] = torch.tensor(hosts[h].inp, dtype=torch.long)
+            # scored positions: request r (input length L, continuation c) is scored at positions L-c .. L-1
+            spans = [(b, i, len(reqs[i].inp) - len(reqs[i].cont), len(reqs[i].inp))
+                     for b, h in enumerate(batch) for i in members[h]]
+            keep = sorted({p for _, _, s, e in spans for p in range(s, e)})
+            kwargs = {"use_cache": False}
+            col = None
+            if self._keep_arg and len(keep) < width:
+                kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long, device=self.device)
+                col = {p: k for k, p in enumerate(keep)}
+            logits = self.model(ids.to(self.device), **kwargs).logits
+            self.stats["forward_calls"] += 1
+            rows_idx, cols_idx, targets, sizes = [], [], [], []
+            for b, i, s, e in spans:
+                rows_idx += [b] * (e - s)
+                cols_idx += list(range(s, e)) if col is None else [col[p] for p in range(s, e)]
+                targets += reqs[i].cont
+                sizes.append(e - s)
+            sel = logits[torch.tensor(rows_idx, device=self.device), torch.tensor(cols_idx, device=self.device)]
+            logp = F.log_softmax(sel, dim=-1, dtype=self.softmax_dtype)
+            tgt = torch.tensor(targets, dtype=torch.long, device=self.device)
+            tok_lp = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
+            greedy = logp.argmax(dim=-1) == tgt
+            sums = torch.stack([x.sum() for x in torch.split(tok_lp, sizes)]).tolist()
+            allg = torch.stack([x.all() for x in torch.split(greedy, sizes)]).tolist()
+            for (_, i, _, _), ll, g in zip(spans, sums, allg):
+                results[i] = (float(ll), bool(g))
+        return results  # type: ignore[return-value]
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail early, naming the file, if ``path`` cannot hold a HF causal LM + tokenizer."""
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: model directory not found")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json (not a Hugging Face model directory)")
+    tok_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if not any((path / f).is_file() for f in tok_files):
+        raise ModelLoadError(f"{path}: no tokenizer (none of {', '.join(tok_files)}); save the tokenizer with the "
+                             f"model (tokenizer.save_pretrained)")

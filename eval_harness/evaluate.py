@@ -1,0 +1,142 @@
+"""``evaluate(model_path, tasks, ...) -> dict``: the log-likelihood half of the harness, with per-example records.
+
+Order of work (so that bad input fails before any weights are read): resolve the task/group names
+(:class:`~eval_harness.tasks.UnknownTaskError`), check the model directory has a config and a tokenizer
+(:class:`~eval_harness.engine.ModelLoadError`), read and validate every task's files and build every prompt
+(:class:`~eval_harness.data.TaskDataError`, incl. a few-shot count larger than the few-shot split), then load the model
+and score all multiple-choice requests of all tasks in one batched call, and the perplexity documents in another.
+
+Outputs when ``out_dir`` is given: ``samples_<task>.jsonl`` (one record per doc: prompt, choices, continuations,
+log-likelihoods, is_greedy, prediction, gold, scores), ``results.json`` (the returned dict) and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from eval_harness import metrics as M
+from eval_harness.engine import LMScorer, check_model_dir
+from eval_harness.tasks import GROUP_METRICS, TASKS, build_examples, leaves, prompt_hash, resolve, wikitext_counts
+
+
+def tokenizer_hash(model_path: Path) -> str | None:
+    """sha256 of ``tokenizer.json`` (``None`` when the tokenizer has no such file)."""
+    p = Path(model_path) / "tokenizer.json"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path = "data/raw", limit: int | None = None,
+             num_fewshot: int | None = None, fewshot_seed: int = 1234, batch_size: int = 32, dtype: str = "float32",
+             device: str = "cpu", max_length: int | None = None, out_dir: str | Path | None = None,
+             scorer: LMScorer | None = None) -> dict:
+    """Evaluate a causal LM directory on ``tasks`` (task or group names); see the module docstring.
+
+    Args:
+        num_fewshot: ``None`` = each task's lm-eval default (0 for every task here).
+        fewshot_seed: the seed of the per-task ``random.Random`` (lm-eval's ``fewshot_random_seed``, 1234).
+        scorer: an already-built :class:`LMScorer` (tests, benchmarks); then ``model_path`` is only recorded.
+
+    Returns:
+        ``{"config": {...}, "results": {task: metrics}, "groups": {group: metrics}, "samples": {task: [records]}}``.
+
+    Raises:
+        UnknownTaskError, ModelLoadError, TaskDataError: before the model is loaded.
+    """
+    t0 = time.perf_counter()
+    leaf_tasks, groups = resolve(list(tasks))
+    model_path = Path(model_path)
+    if scorer is None:
+        check_model_dir(model_path)
+    examples = {t: build_examples(TASKS[t], Path(data_root), num_fewshot, fewshot_seed, limit) for t in leaf_tasks}
+    if scorer is None:
+        scorer = LMScorer.from_pretrained(model_path, dtype=dtype, device=device, batch_size=batch_size,
+                                          max_length=max_length)
+    t_load = time.perf_counter()
+
+    mc = [t for t in leaf_tasks if TASKS[t].output_type == "multiple_choice"]
+    pairs, owners = [], []
+    for t in mc:
+        for e, ex in enumerate(examples[t]):
+            for c, req in enumerate(ex.requests(TASKS[t].target_delimiter)):
+                pairs.append(req)
+                owners.append((t, e, c))
+    scores = scorer.loglikelihood(pairs) if pairs else []
+    per_doc: dict[tuple[str, int], list] = {}
+    for (t, e, c), s in zip(owners, scores):
+        per_doc.setdefault((t, e), []).append(s)
+
+    samples: dict[str, list[dict]] = {}
+    results: dict[str, dict] = {}
+    for t in mc:
+        task = TASKS[t]
+        recs = []
+        for e, ex in enumerate(examples[t]):
+            got = per_doc[(t, e)]
+            lls = [s[0] for s in got]
+            sc = M.mc_scores(lls, ex.choices, ex.gold)
+            recs.append({"task": t, "doc_id": ex.doc_id, "doc": ex.doc, "prompt": ex.context,
+                         "choices": list(ex.choices), "continuations": [r[1] for r in ex.requests(task.target_delimiter)],
+                         "loglikelihoods": lls, "is_greedy": [s[1] for s in got], "prediction": sc["pred"],
+                         "prediction_norm": sc["pred_norm"], "gold": ex.gold, "acc": sc["acc"],
+                         "acc_norm": sc["acc_norm"]})
+        samples[t] = recs
+        results[t] = M.mc_task_metrics(recs, task.metrics)
+
+    for t in [t for t in leaf_tasks if TASKS[t].output_type == "loglikelihood_rolling"]:
+        exs = examples[t]
+        lls = scorer.loglikelihood_rolling([ex.text for ex in exs])
+        counts = [wikitext_counts(ex.doc) for ex in exs]
+        samples[t] = [{"task": t, "doc_id": ex.doc_id, "prompt": ex.text, "loglikelihood": ll, "words": w,
+                       "bytes": b} for ex, ll, (w, b) in zip(exs, lls, counts)]
+        results[t] = M.perplexity_metrics(lls, [c[0] for c in counts], [c[1] for c in counts])
+
+    group_results = {g: M.group_metrics(results, leaves(g), GROUP_METRICS[g]) for g in groups}
+    config = {
+        "model": str(model_path), "tokenizer_sha256": tokenizer_hash(model_path), "dtype": dtype,
+        "device": str(scorer.device), "batch_size": batch_size, "max_length": scorer.max_length,
+        "data_root": str(data_root), "limit": limit, "fewshot_seed": fewshot_seed,
+        "num_fewshot": {t: (TASKS[t].num_fewshot if num_fewshot is None else num_fewshot) for t in leaf_tasks},
+        "prompt_hash": {t: prompt_hash(examples[t], TASKS[t].target_delimiter) for t in leaf_tasks},
+        "prompts_from": "lm-eval 0.4.13 task definitions (" + ", ".join(TASKS[t].lm_eval_yaml for t in leaf_tasks) + ")",
+        "seconds": {"load": round(t_load - t0, 3), "score": round(time.perf_counter() - t_load, 3)},
+    }
+    out = {"config": config, "results": results, "groups": group_results, "samples": samples}
+    if out_dir is not None:
+        write_outputs(out, Path(out_dir))
+    return out
+
+
+def results_table(out: dict) -> str:
+    """A Markdown table: one row per task and group, one column per metric."""
+    cols = ["acc", "acc_norm", "f1", "word_perplexity", "byte_perplexity", "bits_per_byte"]
+    rows = [(n, r) for n, r in out["results"].items()] + [(f"**{g}**", r) for g, r in out["groups"].items()]
+    used = [c for c in cols if any(c in r for _, r in rows)]
+    lines = ["| task | n | " + " | ".join(used) + " |", "|---|---:|" + "---:|" * len(used)]
+    for name, r in rows:
+        cells = []
+        for c in used:
+            if c not in r:
+                cells.append("")
+            elif r.get(f"{c}_stderr") is not None:
+                cells.append(f"{r[c]:.4f} ± {r[f'{c}_stderr']:.4f}")
+            else:
+                cells.append(f"{r[c]:.4f}")
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
+    c = out["config"]
+    lines += ["", f"model `{c['model']}`, dtype {c['dtype']}, tokenizer sha256 `{c['tokenizer_sha256']}`, "
+              f"few-shot seed {c['fewshot_seed']}, limit {c['limit']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t, recs in out["samples"].items():
+        with open(out_dir / f"samples_{t}.jsonl", "w", encoding="utf-8") as f:
+            for r in recs:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    summary = {k: v for k, v in out.items() if k != "samples"}
+    (out_dir / "results.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "results.md").write_text(results_table(out), encoding="utf-8")

@@ -1,0 +1,340 @@
+"""Task registry: lm-eval 0.4.13's prompts, choices, targets, delimiters, few-shot defaults and metrics, on the mirror.
+
+``TASKS`` is a plain dict name -> :class:`Task`; ``GROUPS`` names lm-eval's groups (``kobest``, ``click``,
+``click_cul``, ``click_lang``) and their direct members. The prompt functions below are copied verbatim from the
+installed wheel (``lm_eval/tasks/kobest/utils.py``, ``tasks/click/click_{cul,lang}/utils.py``,
+``tasks/wikitext/preprocess_wikitext.py``) and the YAML templates (``"{{paragraph}} 질문: {{question}} 답변: "``) are
+written out as f-strings.
+
+What decides equality with lm-eval (``api/task.py`` of the wheel):
+
+* context = description (``""``) + for each shot ``doc_to_text(shot) + target_delimiter + answer + fewshot_delimiter``
+  + ``doc_to_text(doc)``; it never ends with the target delimiter.
+* each choice is scored as the continuation ``target_delimiter + choice`` (``" "`` for every task here); the engine
+  then moves the context's trailing whitespace into the continuation (``_encode_pair``).
+* gold: an int target is an index, a string target is ``choices.index(target)``; ``"{{label}}"`` renders to digits
+  that lm-eval turns back into an int.
+* few-shot (KoBEST and CLIcK default to 0 shots): one ``random.Random(seed)`` per task (seed 1234 like
+  ``simple_evaluate``'s ``fewshot_random_seed``), ``rnd.sample(pool, k)`` called once per eval doc in eval-doc order;
+  KoBEST draws from ``train``; CLIcK's few-shot split is its test split, so it samples ``k + 1`` and drops the eval
+  doc (``ContextSampler.sample``). ``limit`` takes the first N eval docs after ``process_docs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from eval_harness.data import TaskDataError, click_docs, kobest_docs, wikitext_docs
+
+
+class UnknownTaskError(KeyError):
+    """A task or group name that the registry does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+# ------------------------------------------------------------------------------------------- lm-eval prompt functions
+def copa_doc_to_text(doc: dict) -> str:
+    connector = {"원인": " 왜냐하면", "결과": " 그래서"}[doc["question"].strip()]
+    return f"""{doc["premise"]} {connector}"""  # premise + " " + " 그래서": two spaces, as lm-eval
+
+
+def copa_doc_to_target(doc: dict) -> str:
+    correct_choice = doc["alternative_1"] if doc["label"] == 0 else doc["alternative_2"]
+    return f"""{correct_choice}"""
+
+
+def copa_doc_to_choice(doc: dict) -> list[str]:
+    return [f"""{doc["alternative_1"]}""", f"""{doc["alternative_2"]}"""]
+
+
+def sentineg_doc_to_text(doc: dict) -> str:
+    return f"""문장: {doc["sentence"]} 긍부정:"""
+
+
+def wic_doc_to_text(doc: dict) -> str:
+    return f"""문장1: {doc["context_1"]} 문장2: {doc["context_2"]} 두 문장에서 {doc["word"]}가 같은 뜻으로 쓰였나?"""
+
+
+def boolq_doc_to_text(doc: dict) -> str:
+    return f"{doc['paragraph']} 질문: {doc['question']} 답변: "  # YAML template; ends with a space
+
+
+def hellaswag_process_docs(docs: list[dict]) -> list[dict]:
+    return [{**d, "query": f"""문장: {d["context"]}""",
+             "choices": [d["ending_1"], d["ending_2"], d["ending_3"], d["ending_4"]], "gold": int(d["label"])}
+            for d in docs]
+
+
+def click_get_context(doc: dict) -> str:
+    ctx = doc["paragraph"]
+    q = doc["question"]
+    opt = doc["choices"]
+    if ctx:
+        res = f"주어진 맥락을 천천히 읽고, 질문에 대한 적절한 정답을 A, B, C, D 중에 골라 알파벳 하나로 답하시오.\n\n맥락: {ctx}\n질문: {q}\n보기:\nA:{opt[0]}, B: {opt[1]}, C: {opt[2]}, D: {opt[3]}\n정답:"  # noqa: E501
+    else:
+        res = f"주어진 질문을 천천히 읽고, 적절한 정답을 A, B, C, D 중에 골라 알파벳 하나로 답하시오.\n\n질문: {q}\n보기:\nA:{opt[0]}, B: {opt[1]}, C: {opt[2]}, D: {opt[3]}\n정답:"  # noqa: E501
+    return res
+
+
+def click_get_target(doc: dict) -> str:
+    ans = doc["answer"]
+    if "CSAT" in doc["id"]:
+        return ["A", "B", "C", "D", "E"][doc["choices"].index(ans)]
+    return ["A", "B", "C", "D"][doc["choices"].index(ans)]
+
+
+def click_get_choices(doc: dict) -> list[str]:
+    if "CSAT" in doc["id"]:
+        return ["A", "B", "C", "D", "E"]
+    return ["A", "B", "C", "D"]
+
+
+def _q(ex: dict) -> bool:
+    return "대화" in ex["question"] or "발화" in ex["question"] or "질의" in ex["question"]
+
+
+CLICK_FILTERS: dict[str, Callable[[dict], bool]] = {
+    "click_cul_economy": lambda ex: "economy" in ex["id"].lower(),
+    "click_cul_geography": lambda ex: "geography" in ex["id"].lower(),
+    "click_cul_history": lambda ex: "KHB" in ex["id"] or "history" in ex["id"].lower(),
+    "click_cul_law": lambda ex: "law" in ex["id"].lower() or "PSAT" in ex["id"],
+    "click_cul_politics": lambda ex: "politics" in ex["id"].lower(),
+    "click_cul_kpop": lambda ex: "popular" in ex["id"].lower(),
+    "click_cul_society": lambda ex: "society" in ex["id"].lower(),
+    "click_cul_tradition": lambda ex: "tradition" in ex["id"].lower(),
+    "click_lang_text": lambda ex: "CSAT_korean_22" in ex["id"]
+    or ("CSAT_korean_23" in ex["id"] and int(ex["id"].split("_")[-1]) < 35)
+    or ("TK" in ex["id"] and int(ex["id"].split("_")[-1]) > 4),
+    "click_lang_grammar": lambda ex: ("CSAT_korean" in ex["id"]
+                                      and (int(ex["id"].split("_")[2]) < 21 and int(ex["id"].split("_")[3]) > 10))
+    or ("Kedu_1" in ex["id"] and (ex["id"].split("_")[1] != "16" or not _q(ex)))
+    or ("TK" in ex["id"] and int(ex["id"].split("_")[-1]) < 5),
+    "click_lang_function": lambda ex: ("CSAT_korean" in ex["id"]
+                                       and (int(ex["id"].split("_")[-1]) > 34
+                                            or (int(ex["id"].split("_")[2]) < 21
+                                                and int(ex["id"].split("_")[3]) < 11)))
+    or ("Kedu_16" in ex["id"] and _q(ex)) or "PSE_korean" in ex["id"],
+}
+
+
+def wikitext_detokenizer(doc: dict) -> str:
+    string = doc["page"]
+    # contractions
+    string = string.replace("s '", "s'")
+    string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
+    # number separators
+    string = string.replace(" @-@ ", "-")
+    string = string.replace(" @,@ ", ",")
+    string = string.replace(" @.@ ", ".")
+    # punctuation
+    string = string.replace(" : ", ": ")
+    string = string.replace(" ; ", "; ")
+    string = string.replace(" . ", ". ")
+    string = string.replace(" ! ", "! ")
+    string = string.replace(" ? ", "? ")
+    string = string.replace(" , ", ", ")
+    # double brackets
+    string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
+    string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
+    string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
+    string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
+    string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
+    # miscellaneous
+    string = string.replace("= = = =", "====")
+    string = string.replace("= = =", "===")
+    string = string.replace("= =", "==")
+    string = string.replace(" " + chr(176) + " ", chr(176))
+    string = string.replace(" \n", "\n")
+    string = string.replace("\n ", "\n")
+    string = string.replace(" N ", " 1 ")
+    string = string.replace(" 's", "'s")
+    return string
+
+
+def wikitext_counts(doc: dict) -> tuple[int, int]:
+    """(words, bytes) of the *original* page, as lm-eval's ``process_results`` counts them."""
+    return len(re.split(r"\s+", doc["page"])), len(doc["page"].encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------------ task objects
+def _label(doc: dict) -> int:
+    return int(doc["label"])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task. ``load(root, split)`` returns the raw (HF-schema) docs; ``process_docs`` maps them."""
+
+    name: str
+    output_type: str  # "multiple_choice" | "loglikelihood_rolling"
+    load: Callable[[Path, str], list[dict]]
+    test_split: str
+    metrics: tuple[str, ...]
+    lm_eval_yaml: str  # the task YAML in lm_eval/tasks/ whose prompts these are
+    fewshot_split: str | None = None
+    process_docs: Callable[[list[dict]], list[dict]] = field(default=lambda docs: docs)
+    doc_to_text: Callable[[dict], str] | None = None
+    doc_to_choice: Callable[[dict], list[str]] | None = None
+    doc_to_target: Callable[[dict], int | str] | None = None
+    num_fewshot: int = 0
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+
+    def docs(self, root: Path, split: str | None = None) -> list[dict]:
+        return self.process_docs(self.load(Path(root), split or self.test_split))
+
+    def gold(self, doc: dict) -> int:
+        target = self.doc_to_target(doc)
+        return target if isinstance(target, int) else self.doc_to_choice(doc).index(target)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One eval doc turned into requests: the context and the choices (multiple choice) or the scored text."""
+
+    task: str
+    doc_id: int
+    doc: dict
+    context: str
+    choices: tuple[str, ...] = ()
+    gold: int = -1
+    text: str = ""  # loglikelihood_rolling: the scored (detokenized) string
+
+    def requests(self, target_delimiter: str = " ") -> list[tuple[str, str]]:
+        return [(self.context, f"{target_delimiter}{c}") for c in self.choices]
+
+
+def _kobest(name: str, text, choice, target, metrics=("acc", "f1"), process=None) -> Task:
+    return Task(name=name, output_type="multiple_choice", load=partial(kobest_docs, name), test_split="test",
+                fewshot_split="train", metrics=metrics, lm_eval_yaml=f"kobest/{name}.yaml", doc_to_text=text,
+                doc_to_choice=choice, doc_to_target=target, **({"process_docs": process} if process else {}))
+
+
+def _click_load(name: str, root: Path, split: str) -> list[dict]:
+    if split != "train":
+        raise TaskDataError(f"{name}: CLIcK has one split, 'train' (got {split!r})")
+    return click_docs(name, root)
+
+
+def _click(name: str) -> Task:
+    kind = "cul" if name.startswith("click_cul") else "lang"
+    keep = CLICK_FILTERS[name]
+    return Task(name=name, output_type="multiple_choice", load=partial(_click_load, name), test_split="train",
+                fewshot_split="train", metrics=("acc", "acc_norm"),
+                lm_eval_yaml=f"click/click_{kind}/{name}.yaml", process_docs=lambda docs: [d for d in docs if keep(d)],
+                doc_to_text=click_get_context, doc_to_choice=click_get_choices, doc_to_target=click_get_target)
+
+
+TASKS: dict[str, Task] = {
+    "kobest_boolq": _kobest("kobest_boolq", boolq_doc_to_text, lambda d: ["아니오", "예"], _label),
+    "kobest_copa": _kobest("kobest_copa", copa_doc_to_text, copa_doc_to_choice, copa_doc_to_target),
+    "kobest_hellaswag": _kobest("kobest_hellaswag", lambda d: d["query"], lambda d: d["choices"], _label,
+                                metrics=("acc", "acc_norm", "f1"), process=hellaswag_process_docs),
+    "kobest_sentineg": _kobest("kobest_sentineg", sentineg_doc_to_text, lambda d: ["부정", "긍정"], _label),
+    "kobest_wic": _kobest("kobest_wic", wic_doc_to_text, lambda d: ["아니오", "예"], _label),
+    **{n: _click(n) for n in CLICK_FILTERS},
+    "wikitext": Task(name="wikitext", output_type="loglikelihood_rolling", load=partial(wikitext_docs, "wikitext"),
+                     test_split="test", metrics=("word_perplexity", "byte_perplexity", "bits_per_byte"),
+                     lm_eval_yaml="wikitext/wikitext.yaml", doc_to_target=wikitext_detokenizer),
+}
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "kobest": ("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"),
+    "click_cul": tuple(n for n in CLICK_FILTERS if n.startswith("click_cul")),
+    "click_lang": tuple(n for n in CLICK_FILTERS if n.startswith("click_lang")),
+    "click": ("click_lang", "click_cul"),
+}
+GROUP_METRICS = {"kobest": ("acc", "acc_norm", "f1"), "click": ("acc", "acc_norm"), "click_cul": ("acc", "acc_norm"),
+                 "click_lang": ("acc", "acc_norm")}
+
+
+def leaves(name: str) -> list[str]:
+    """The leaf tasks of a task or group name, in lm-eval's member order."""
+    if name in TASKS:
+        return [name]
+    if name in GROUPS:
+        return [leaf for member in GROUPS[name] for leaf in leaves(member)]
+    raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}; groups: {', '.join(GROUPS)}")
+
+
+def resolve(names: list[str]) -> tuple[list[str], list[str]]:
+    """(leaf tasks in first-seen order, groups asked for, with their sub-groups)."""
+    tasks, groups = [], []
+
+    def visit_group(g: str) -> None:
+        for m in GROUPS[g]:
+            if m in GROUPS:
+                visit_group(m)
+        if g not in groups:
+            groups.append(g)
+
+    for name in names:
+        for leaf in leaves(name):
+            if leaf not in tasks:
+                tasks.append(leaf)
+        if name in GROUPS:
+            visit_group(name)
+    return tasks, groups
+
+
+# ------------------------------------------------------------------------------------------- examples and few-shot
+def _fewshot_answer(task: Task, doc: dict) -> str:
+    target = task.doc_to_target(doc)
+    return task.doc_to_choice(doc)[target] if isinstance(target, int) else target
+
+
+def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed: int = 1234,
+                   limit: int | None = None) -> list[Example]:
+    """The eval docs of ``task`` as :class:`Example` s, with lm-eval's few-shot contexts (see the module docstring).
+
+    Raises:
+        TaskDataError: a missing file/column/label, or ``num_fewshot`` larger than the few-shot split.
+    """
+    k = task.num_fewshot if num_fewshot is None else num_fewshot
+    docs = task.docs(root)
+    if limit is not None:
+        docs = docs[:limit]
+    if task.output_type == "loglikelihood_rolling":
+        if k:
+            raise TaskDataError(f"{task.name}: perplexity tasks take no few-shot examples (num_fewshot={k})")
+        return [Example(task.name, i, d, "", text=task.doc_to_target(d)) for i, d in enumerate(docs)]
+    pool: list[dict] = []
+    exclude = task.fewshot_split == task.test_split
+    if k:
+        pool = task.docs(root, task.fewshot_split)
+        avail = len(pool) - (1 if exclude else 0)
+        if k > avail:
+            raise TaskDataError(f"{task.name}: num_fewshot={k} is larger than its few-shot split "
+                                f"{task.fewshot_split!r} ({avail} docs available)")
+    rnd = random.Random(seed)
+    out = []
+    for i, doc in enumerate(docs):
+        shots: list[dict] = []
+        if k:
+            if exclude:
+                shots = [x for x in rnd.sample(pool, k + 1) if x != doc][:k]
+                if len(shots) < k:
+                    shots = rnd.sample([x for x in pool if x != doc], k)
+            else:
+                shots = rnd.sample(pool, k)
+        ctx = "".join(task.doc_to_text(s) + task.target_delimiter + _fewshot_answer(task, s) + task.fewshot_delimiter
+                      for s in shots) + task.doc_to_text(doc)
+        out.append(Example(task.name, i, doc, ctx, tuple(task.doc_to_choice(doc)), task.gold(doc)))
+    return out
+
+
+def prompt_hash(examples: list[Example], target_delimiter: str = " ") -> str:
+    """sha256 over every (context, continuation) request (or scored text) of the examples, in order."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.requests(target_delimiter) if ex.choices else [ex.text], ensure_ascii=False).encode())
+    return h.hexdigest()
