@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", help="(str) float32 | bfloat16 | float16 | float64")
     p.add_argument("--device", default="cpu", help="(str) cpu | cuda | cuda:N")
     p.add_argument("--max-length", type=int, default=None, help="(int) override the model's context length")
-    p.add_argument("--out", default=None, help="(path) output directory for samples_*.jsonl, results.json/.md")
+    p.add_argument("--out", default=None, help="(path) output directory for samples_*.jsonl, results.json/.md (replaced as a whole)")
     a = p.parse_args(argv)
     try:
         out = evaluate(a.model, [t for t in a.tasks.split(",") if t], data_root=a.data_root, limit=a.limit,

@@ -57,10 +57,11 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
     t_load = time.perf_counter()
 
     mc = [t for t in leaf_tasks if TASKS[t].output_type == "multiple_choice"]
+    requests = {t: [ex.requests(TASKS[t].target_delimiter) for ex in examples[t]] for t in mc}
     pairs, owners = [], []
     for t in mc:
-        for e, ex in enumerate(examples[t]):
-            for c, req in enumerate(ex.requests(TASKS[t].target_delimiter)):
+        for e, reqs in enumerate(requests[t]):
+            for c, req in enumerate(reqs):
                 pairs.append(req)
                 owners.append((t, e, c))
     scores = scorer.loglikelihood(pairs) if pairs else []
@@ -78,7 +79,7 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
             lls = [s[0] for s in got]
             sc = M.mc_scores(lls, ex.choices, ex.gold)
             recs.append({"task": t, "doc_id": ex.doc_id, "doc": ex.doc, "prompt": ex.context,
-                         "choices": list(ex.choices), "continuations": [r[1] for r in ex.requests(task.target_delimiter)],
+                         "choices": list(ex.choices), "continuations": [r[1] for r in requests[t][e]],
                          "loglikelihoods": lls, "is_greedy": [s[1] for s in got], "prediction": sc["pred"],
                          "prediction_norm": sc["pred_norm"], "gold": ex.gold, "acc": sc["acc"],
                          "acc_norm": sc["acc_norm"]})
@@ -132,11 +133,15 @@ def results_table(out: dict) -> str:
 
 
 def write_outputs(out: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for t, recs in out["samples"].items():
-        with open(out_dir / f"samples_{t}.jsonl", "w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    summary = {k: v for k, v in out.items() if k != "samples"}
-    (out_dir / "results.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "results.md").write_text(results_table(out), encoding="utf-8")
+    """The records, ``results.json`` and ``results.md``, written into a temporary folder that then replaces
+    ``out_dir`` (``data.atomic.atomic_directory``): an interrupted run leaves no half-written results."""
+    from data.atomic import atomic_directory
+
+    with atomic_directory(out_dir) as tmp:
+        for t, recs in out["samples"].items():
+            with open(tmp / f"samples_{t}.jsonl", "w", encoding="utf-8") as f:
+                for r in recs:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        summary = {k: v for k, v in out.items() if k != "samples"}
+        (tmp / "results.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "results.md").write_text(results_table(out), encoding="utf-8")
