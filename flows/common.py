@@ -80,7 +80,13 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str], section: s
         status = "KILLED"
         raise
     finally:
-        tracking.client().set_terminated(run_id, status=status)
+        try:
+            tracking.client().set_terminated(run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - an interrupted run still exits as interrupted (130 / 143)
+            if status != "KILLED":
+                raise
+            print(f"mlflow: could not mark run {run_id} KILLED ({type(err).__name__}: {err}); the next run of this "
+                  "experiment on this host marks it (flows.runtime.mark_stale_runs)")
 
 
 def register_once(bundle: dict, run_id: str, log_model: Callable[[], str]) -> dict:

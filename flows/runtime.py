@@ -13,7 +13,9 @@ parent. :func:`prefect_server` starts that server itself instead:
 
 :func:`interrupts_raise` turns SIGTERM into :class:`Interrupted` (SIGINT already raises KeyboardInterrupt), so
 the flow's ``finally`` blocks run: the MLflow run is marked ``KILLED`` (``flows.common.tracked_run``) and the
-epoch checkpoints already written are what the next start resumes from. A run killed with ``kill -9`` cannot
+epoch checkpoints already written are what the next start resumes from. An interrupt never lands inside an MLflow
+call (``models.common.tracking.signals_deferred``): one raised between a SQLite write and its commit left the database
+locked, and marking the run then failed after MLflow's 20 s busy timeout. A run killed with ``kill -9`` cannot
 mark itself; the next run of the same experiment on this host marks it ``KILLED`` (:func:`mark_stale_runs`).
 """
 

@@ -22,6 +22,13 @@ def registered_version(name: str, weights_sha256: str) -> str | None:
     return str(min(int(v.version) for v in found)) if found else None
 
 
+def _register(model_uri: str, name: str) -> str:
+    import mlflow
+
+    with tracking.signals_deferred():
+        return mlflow.register_model(model_uri, name).version
+
+
 @task(retries=3, retry_delay_seconds=[1, 2, 4])
 def register_and_promote(model_uri: str, name: str, run_id: str, gate_metric: str, gate_value: float, mode: str,
                          scope: str | None = None, weights_sha256: str | None = None) -> dict:
@@ -31,11 +38,9 @@ def register_and_promote(model_uri: str, name: str, run_id: str, gate_metric: st
     registering a second one. ``weights_sha256`` is stored as a version tag: the flows register a model whose
     weights are already in the registry only once (``flows.common.register_once``).
     """
-    import mlflow
-
     c = tracking.client()
     existing = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == run_id]
-    version = existing[0].version if existing else mlflow.register_model(model_uri, name).version
+    version = existing[0].version if existing else _register(model_uri, name)
     if weights_sha256:
         c.set_model_version_tag(name, str(version), WEIGHTS_TAG, weights_sha256)
     record = promote(name, version, gate_metric, gate_value, mode, scope=scope)

@@ -137,3 +137,59 @@ def test_interrupts_raise_unblocks_both_signals_and_restores_the_mask():
         assert {signal.SIGINT, signal.SIGTERM} <= signal.pthread_sigmask(signal.SIG_BLOCK, set())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_an_interrupt_during_an_mlflow_call_comes_after_it_to_the_handler_in_force():
+    """A CI run was interrupted inside an MLflow SQLite write and then waited 20 s on the database lock it left:
+    every call of tracking.client() now finishes before the signal is delivered, to whichever handler was
+    installed (here SIGINT's KeyboardInterrupt, and a stand-in for Prefect's SIGTERM bridge)."""
+    from models.common import tracking
+
+    class Bridge(Exception):
+        pass
+
+    def bridge(signum, frame):  # noqa: ARG001
+        raise Bridge(signum)
+
+    calls = []
+
+    class Store:
+        name = "store"
+
+        def write(self, sig):
+            os.kill(os.getpid(), sig)
+            time.sleep(0.2)  # without the deferral the handler would raise here
+            calls.append(sig)
+            return "written"
+
+    previous_term = signal.signal(signal.SIGTERM, bridge)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        c = tracking._DeferringClient(Store())
+        assert c.name == "store"
+        with pytest.raises(KeyboardInterrupt):
+            c.write(signal.SIGINT)
+        with pytest.raises(Bridge):
+            c.write(signal.SIGTERM)
+        assert calls == [signal.SIGINT, signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is bridge and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with tracking.signals_deferred():  # nothing arrived: nothing is raised
+            pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored
+        with tracking.signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def test_tracking_client_defers_interrupts_around_each_call(monkeypatch, tmp_path):
+    from models.common import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    c = tracking.client()
+    assert isinstance(c, tracking._DeferringClient)
+    exp = c.create_experiment("deferred")
+    assert c.get_experiment(exp).name == "deferred"

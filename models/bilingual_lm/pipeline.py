@@ -261,7 +261,7 @@ def log_model(cfg: BilingualLMConfig, run_id: str, done: dict) -> str:
     import tempfile
 
     repo_root = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, tracking.signals_deferred(), mlflow.start_run(run_id=run_id):
         # the project's code travels with the model: load_tokenizer (the morpheme split) for exact training ids
         code = [str(tracking.python_package_copy(repo_root / p, tmp)) for p in ("models", "data")]
         # task llm/v1/chat: `mlflow models serve` takes OpenAI-style {"messages": [...]} requests, rendered with

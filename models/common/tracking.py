@@ -6,13 +6,17 @@ Nothing here calls ``mlflow.set_tracking_uri``: the tracking store comes from ``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -26,10 +30,64 @@ def ensure_tracking_env() -> str:
     return os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive within the block are delivered at its end, to the handlers installed before it.
+
+    An interrupt raised in the middle of an MLflow store write (between a statement and its commit) can leave the
+    SQLite database locked by a connection the exception's traceback keeps alive: the run's own ``set_terminated``
+    then waits out MLflow's 20 s ``busy_timeout`` and fails (a CI run exited 1 after 23 s instead of 130). Each
+    write of :func:`client` therefore runs whole, and the interrupt comes right after it (within the write's time:
+    milliseconds). Whatever handler is in force is kept: Python's KeyboardInterrupt, ``flows.runtime``'s
+    :class:`Interrupted`, Prefect's ``TerminationSignal``; an ignored signal stays ignored. Only the main thread
+    receives signals, so elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):  # noqa: ARG001
+        pending.append(signum)
+
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None and handler is not signal.SIG_IGN:
+            saved[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
+
+
+class _DeferringClient:
+    """An ``MlflowClient`` whose every call runs within :func:`signals_deferred`."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with signals_deferred():
+                return attr(*args, **kwargs)
+
+        return call
+
+
 def client():
+    """The MLflow client of ``MLFLOW_TRACKING_URI``; an interrupt never lands inside one of its calls
+    (:func:`signals_deferred`)."""
     from mlflow import MlflowClient
 
-    return MlflowClient()
+    return _DeferringClient(MlflowClient())
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -224,7 +282,7 @@ def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_examp
     signature = infer_signature(input_example, python_model.predict(ctx, input_example))
     signature.inputs = lenient_numbers(signature.inputs, optional_inputs)
     repo_root = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, signals_deferred(), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, artifacts=artifacts, signature=signature,
             input_example=input_example, code_paths=[str(python_package_copy(repo_root / "models", tmp)), str(python_package_copy(repo_root / "data", tmp))],
