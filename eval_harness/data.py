@@ -168,3 +168,49 @@ def wikitext_docs(task: str, root: Path, split: str = "test") -> list[dict]:
         raise TaskDataError(f"{task}: unknown split {split!r} (the mirror has test and validation)")
     path = Path(root) / "english_corpus" / "wikitext2_valid_test" / name
     return [{"page": p} for p in split_wikitext_pages(_read_text(task, path))]
+
+
+def _read_json(task: str, path: Path):
+    try:
+        return json.loads(_read_text(task, path))
+    except json.JSONDecodeError as err:
+        raise TaskDataError(f"{task}: {path}: not JSON ({err.msg} at line {err.lineno})") from None
+
+
+def gsm8k_docs(task: str, root: Path, split: str) -> list[dict]:
+    """GSM8K ``<root>/gsm8k/{train,test}.jsonl`` as ``openai/gsm8k`` (``main``) docs: ``question``, ``answer`` (the
+    reasoning, then ``#### <number>``)."""
+    if split not in ("train", "test"):
+        raise TaskDataError(f"{task}: unknown split {split!r} (the mirror has train and test)")
+    path = Path(root) / "gsm8k" / f"{split}.jsonl"
+    docs = []
+    for n, line in enumerate(_read_text(task, path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(f"{task}: {path}: line {n}: not JSON ({err.msg})") from None
+        for field in ("question", "answer"):
+            if not isinstance(row.get(field), str):
+                raise TaskDataError(f"{task}: {path}: line {n}: field {field!r} missing or not a string")
+        if "####" not in row["answer"]:
+            raise TaskDataError(f"{task}: {path}: line {n}: field 'answer' has no '####' before the final answer")
+        docs.append({"question": row["question"], "answer": row["answer"]})
+    return docs
+
+
+def bbh_docs(task: str, root: Path, subtask: str) -> list[dict]:
+    """BIG-Bench Hard ``<root>/bbh/<subtask>.json`` (``{"examples": [{"input", "target"}]}``) as the ``test`` split
+    of lm-eval's ``SaylorTwift/bbh`` (same fields, same order)."""
+    path = Path(root) / "bbh" / f"{subtask}.json"
+    obj = _read_json(task, path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("examples"), list):
+        raise TaskDataError(f"{task}: {path}: field 'examples' missing or not a list")
+    docs = []
+    for i, ex in enumerate(obj["examples"]):
+        for field in ("input", "target"):
+            if not isinstance(ex.get(field), str):
+                raise TaskDataError(f"{task}: {path}: example {i}: field {field!r} missing or not a string")
+        docs.append({"input": ex["input"], "target": ex["target"]})
+    return docs

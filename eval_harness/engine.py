@@ -23,6 +23,15 @@ dtype and the device are parameters) and reproduces lm-eval 0.4.13's ``HFLM`` (`
   sums added as Python floats in window order. (If the tokenizer adds BOS, the first window scores BOS after the
   BOS prefix, exactly as lm-eval does.)
 
+* **Generation** (``generate_until``): requests grouped by their generation settings and sorted by
+  ``(-len(tok_encode(context)), context)``; contexts encoded as one left-padded batch (``add_special_tokens=False``
+  when the first string starts with the BOS string, the tokenizer default otherwise) and left-truncated to
+  ``max_length - max_gen_toks`` tokens (``max_gen_toks`` 256 unless the task sets it); greedy ``model.generate`` with
+  ``max_length = padded context width + max_gen_toks`` and the pad token lm-eval configures (pad, else unk, else EOS);
+  the EOS string joins the stop sequences; the new tokens are decoded with ``skip_special_tokens=True`` and cut at
+  each stop sequence in turn (``text.split(stop)[0]``). A row stops as soon as its decoded text holds a stop sequence
+  (lm-eval waits for every row of the batch; what follows the first stop is cut off in both, so the strings agree).
+
 Where it is faster than ``HFLM`` (numbers agree to ~1e-6 in float32; order and batching do not change them beyond
 that): requests are encoded with batched tokenizer calls and each distinct context is encoded once; requests are
 sorted longest first and batched with right padding; a request whose model input is a prefix of another request's
@@ -35,12 +44,14 @@ on scored rows only.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 DEFAULT_MAX_LENGTH = 2048
@@ -286,6 +297,95 @@ class LMScorer:
             for (_, i, _, _), ll, g in zip(spans, sums, allg):
                 results[i] = (float(ll), bool(g))
         return results  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------------------------------------- generation
+    def generate_until(self, requests: Sequence[tuple[str, dict]], default_max_gen_toks: int = 256) -> list[str]:
+        """Greedy continuations of ``(context, generation_kwargs)`` requests, cut at the stop sequences, in input order
+        (lm-eval's ``HFLM.generate_until``; see the module docstring)."""
+        tok = self.tokenizer
+        eos = tok.decode(tok.eos_token_id, skip_special_tokens=False) if tok.eos_token_id is not None else None
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (
+            tok.unk_token_id if tok.unk_token is not None else tok.eos_token_id)
+        lengths = [len(e) for e in self.tok_encode([c for c, _ in requests])]
+        groups: dict[str, list[int]] = {}
+        for i, (_, kw) in enumerate(requests):
+            groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
+        out: list[str | None] = [None] * len(requests)
+        bos = tok.bos_token
+        with torch.inference_mode():
+            for idxs in groups.values():
+                kw = normalize_gen_kwargs(requests[idxs[0]][1], default_max_gen_toks)
+                until = list(kw["until"])
+                if eos is not None and eos not in until:
+                    until.append(eos)
+                max_gen = kw["max_gen_toks"]
+                max_ctx = self.max_length - max_gen
+                if max_ctx <= 0:
+                    raise ValueError(f"max_gen_toks {max_gen} must be less than the model's max_length {self.max_length}")
+                order = sorted(idxs, key=lambda i: (-lengths[i], requests[i][0]))
+                for b in range(0, len(order), self.batch_size):
+                    batch = order[b: b + self.batch_size]
+                    strings = [requests[i][0] for i in batch]
+                    special = {"add_special_tokens": False} if bos and strings[0].startswith(bos) else {}
+                    enc = tok(strings, padding="longest", return_tensors="pt", padding_side="left", **special)
+                    ids, mask = enc["input_ids"][:, -max_ctx:], enc["attention_mask"][:, -max_ctx:]
+                    width = ids.shape[1]
+                    gen = self.model.generate(
+                        input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_length=width + max_gen,
+                        stopping_criteria=[_StopStrings(tok, until, width)], pad_token_id=pad, use_cache=True,
+                        do_sample=False)
+                    self.stats["generate_calls"] = self.stats.get("generate_calls", 0) + 1
+                    for i, row in zip(batch, gen[:, width:].tolist()):
+                        text = tok.decode(row, skip_special_tokens=True)
+                        for term in until:
+                            if term:
+                                text = text.split(term)[0]
+                        out[i] = text
+        return out  # type: ignore[return-value]
+
+
+class _StopStrings(StoppingCriteria):
+    """Per-row stopping: a row is done once the text it generated contains one of the stop strings.
+
+    Only the last ``max(len(stop in UTF-8 bytes)) + 1`` generated tokens are decoded at each step: every token yields
+    at least one byte, so a stop string completed by the newest token lies inside that window (detection at the step
+    it appears, O(1) per step). Where it stops changes only the run time: the text is cut at the first stop string
+    afterwards, as lm-eval does."""
+
+    def __init__(self, tokenizer, stops: list[str], start: int):
+        self.tokenizer, self.stops, self.start = tokenizer, [s for s in stops if s], start
+        self.window = max((len(s.encode("utf-8")) for s in self.stops), default=0) + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:  # noqa: ARG002
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.stops:
+            return done
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):].tolist()
+        for r, row in enumerate(tail):
+            text = self.tokenizer.decode(row, skip_special_tokens=False)
+            done[r] = any(s in text for s in self.stops)
+        return done
+
+
+def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int = 256) -> dict:
+    """lm-eval's ``normalize_gen_kwargs`` for greedy decoding: ``until`` a list, ``max_gen_toks`` resolved from its
+    aliases. Sampling is refused (the harness decodes greedily, as every task here asks)."""
+    kw = dict(gen_kwargs)
+    until = kw.pop("until", None)
+    until = [until] if isinstance(until, str) else list(until or [])
+    n = default_max_gen_toks
+    for alias in ("max_completion_tokens", "max_tokens", "max_new_tokens", "max_gen_toks"):
+        if kw.get(alias) is not None:
+            n = int(kw[alias])
+    for alias in ("max_completion_tokens", "max_tokens", "max_new_tokens", "max_gen_toks"):
+        kw.pop(alias, None)
+    if kw.pop("do_sample", False) or float(kw.pop("temperature", 0.0) or 0.0) > 0:
+        raise ValueError(f"generation settings {gen_kwargs}: only greedy decoding (do_sample false, temperature 0)")
+    if kw:
+        raise ValueError(f"generation settings {gen_kwargs}: unsupported key(s) {sorted(kw)}")
+    return {"until": until, "max_gen_toks": n}
+
+
 
 
 def check_model_dir(path: Path) -> None:

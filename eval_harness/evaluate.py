@@ -1,13 +1,15 @@
-"""``evaluate(model_path, tasks, ...) -> dict``: the log-likelihood half of the harness, with per-example records.
+"""``evaluate(model_path, tasks, ...) -> dict``: every task of the harness, with per-example records.
 
 Order of work (so that bad input fails before any weights are read): resolve the task/group names
 (:class:`~eval_harness.tasks.UnknownTaskError`), check the model directory has a config and a tokenizer
 (:class:`~eval_harness.engine.ModelLoadError`), read and validate every task's files and build every prompt
 (:class:`~eval_harness.data.TaskDataError`, incl. a few-shot count larger than the few-shot split), then load the model
-and score all multiple-choice requests of all tasks in one batched call, and the perplexity documents in another.
+and score all multiple-choice requests of all tasks in one batched call, the perplexity documents in another, and
+generate greedily for the generation tasks (GSM8K, BBH) in a third.
 
 Outputs when ``out_dir`` is given: ``samples_<task>.jsonl`` (one record per doc: prompt, choices, continuations,
-log-likelihoods, is_greedy, prediction, gold, scores), ``results.json`` (the returned dict) and ``results.md``.
+log-likelihoods, is_greedy, prediction, gold, scores; for generation: the generated text, each filter's extracted
+answer and its exact match), ``results.json`` (the returned dict) and ``results.md``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,22 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
                        "bytes": b} for ex, ll, (w, b) in zip(exs, lls, counts)]
         results[t] = M.perplexity_metrics(lls, [c[0] for c in counts], [c[1] for c in counts])
 
+    gen = [t for t in leaf_tasks if TASKS[t].output_type == "generate_until"]
+    gen_reqs = [(ex.context, TASKS[t].generation_kwargs) for t in gen for ex in examples[t]]
+    texts = iter(scorer.generate_until(gen_reqs) if gen_reqs else [])
+    for t in gen:
+        task = TASKS[t]
+        recs = []
+        for ex in examples[t]:
+            text = next(texts)
+            filtered = {name: M.apply_filters(text, list(steps), ex.doc) for name, steps in task.filters}
+            recs.append({"task": t, "doc_id": ex.doc_id, "doc": ex.doc, "prompt": ex.context,
+                         "generation_kwargs": task.generation_kwargs, "generation": text, "filtered": filtered,
+                         "gold": ex.gold, "exact_match": {name: M.exact_match(v, ex.gold, **task.metric_kwargs)
+                                                          for name, v in filtered.items()}})
+        samples[t] = recs
+        results[t] = M.generation_task_metrics(recs, [name for name, _ in task.filters])
+
     group_results = {g: M.group_metrics(results, leaves(g), GROUP_METRICS[g]) for g in groups}
     config = {
         "model": str(model_path), "tokenizer_sha256": tokenizer_hash(model_path), "dtype": dtype,
@@ -112,7 +130,8 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
 
 def results_table(out: dict) -> str:
     """A Markdown table: one row per task and group, one column per metric."""
-    cols = ["acc", "acc_norm", "f1", "word_perplexity", "byte_perplexity", "bits_per_byte"]
+    cols = ["acc", "acc_norm", "f1", "exact_match,strict-match", "exact_match,flexible-extract",
+            "exact_match,get-answer", "word_perplexity", "byte_perplexity", "bits_per_byte"]
     rows = [(n, r) for n, r in out["results"].items()] + [(f"**{g}**", r) for g, r in out["groups"].items()]
     used = [c for c in cols if any(c in r for _, r in rows)]
     lines = ["| task | n | " + " | ".join(used) + " |", "|---|---:|" + "---:|" * len(used)]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from eval_harness.data import TaskDataError, click_docs, kobest_docs, wikitext_docs
+from eval_harness.data import TaskDataError, bbh_docs, click_docs, gsm8k_docs, kobest_docs, wikitext_docs
 
 
 class UnknownTaskError(KeyError):
@@ -175,7 +175,7 @@ class Task:
     """One evaluation task. ``load(root, split)`` returns the raw (HF-schema) docs; ``process_docs`` maps them."""
 
     name: str
-    output_type: str  # "multiple_choice" | "loglikelihood_rolling"
+    output_type: str  # "multiple_choice" | "loglikelihood_rolling" | "generate_until"
     load: Callable[[Path, str], list[dict]]
     test_split: str
     metrics: tuple[str, ...]
@@ -188,12 +188,21 @@ class Task:
     num_fewshot: int = 0
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    description: str = ""
+    # generate_until: lm-eval's generation_kwargs, filter_list ([(name, [steps])]) and exact_match options; a fixed
+    # list of few-shot exemplars (sampler first_n) instead of draws from fewshot_split
+    generation_kwargs: dict | None = None
+    filters: tuple = ()
+    metric_kwargs: dict = field(default_factory=dict)
+    fewshot_samples: tuple = ()
 
     def docs(self, root: Path, split: str | None = None) -> list[dict]:
         return self.process_docs(self.load(Path(root), split or self.test_split))
 
-    def gold(self, doc: dict) -> int:
+    def gold(self, doc: dict) -> int | str:
         target = self.doc_to_target(doc)
+        if self.output_type == "generate_until":
+            return target
         return target if isinstance(target, int) else self.doc_to_choice(doc).index(target)
 
 
@@ -206,10 +215,13 @@ class Example:
     doc: dict
     context: str
     choices: tuple[str, ...] = ()
-    gold: int = -1
+    gold: int | str = -1  # generate_until: the reference string
     text: str = ""  # loglikelihood_rolling: the scored (detokenized) string
+    generation_kwargs: dict | None = None
 
     def requests(self, target_delimiter: str = " ") -> list[tuple[str, str]]:
+        if self.generation_kwargs is not None:
+            return [(self.context, json.dumps(self.generation_kwargs, sort_keys=True))]
         return [(self.context, f"{target_delimiter}{c}") for c in self.choices]
 
 
@@ -247,14 +259,80 @@ TASKS: dict[str, Task] = {
                      lm_eval_yaml="wikitext/wikitext.yaml", doc_to_target=wikitext_detokenizer),
 }
 
+# ------------------------------------------------------------------------------------------------ generation tasks
+_JINJA = None
+
+
+def render(template: str, doc: dict) -> str:
+    """lm-eval's ``apply_template``: Jinja2 with ``StrictUndefined`` and ``keep_trailing_newline=True``."""
+    global _JINJA
+    if _JINJA is None:
+        from jinja2 import BaseLoader, Environment, StrictUndefined
+
+        _JINJA = Environment(loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True)
+    return _JINJA.from_string(template).render(**doc)
+
+
+def _target(template: str, doc: dict) -> str:
+    out = render(template, doc)
+    if len(out) >= 2 and out[0] == "[" and out[-1] == "]":  # lm-eval would literal_eval it; no task here has one
+        raise TaskDataError(f"target {out!r} looks like a list: lm-eval would parse it, which is not reproduced")
+    return out
+
+
+GSM8K = Task(
+    name="gsm8k", output_type="generate_until", load=partial(gsm8k_docs, "gsm8k"), test_split="test",
+    fewshot_split="train", metrics=("exact_match",), lm_eval_yaml="gsm8k/gsm8k.yaml",
+    doc_to_text=partial(render, "Question: {{question}}\nAnswer:"), doc_to_target=partial(_target, "{{answer}}"),
+    num_fewshot=5,
+    generation_kwargs={"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False, "temperature": 0.0},
+    filters=(("strict-match", ({"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
+                               {"function": "take_first"})),
+             ("flexible-extract", ({"function": "regex", "group_select": -1,
+                                    "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"}, {"function": "take_first"}))),
+    metric_kwargs={"ignore_case": True, "ignore_punctuation": False,
+                   "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]},
+)
+
+BBH_PROMPTS = Path(__file__).with_name("prompts") / "bbh.json"
+
+
+def _bbh_tasks() -> dict[str, Task]:
+    """The 27 BBH tasks, 3-shot CoT (``bbh_cot_fewshot_*``) and 0-shot (``bbh_zeroshot_*``), from
+    ``prompts/bbh.json`` (lm-eval 0.4.13's task YAMLs, see :mod:`eval_harness.lm_eval_prompts`), with every filter
+    pipeline (the 0-shot ``flexible-extract`` ones through :data:`eval_harness.metrics.PY_FILTERS`)."""
+    spec = json.loads(BBH_PROMPTS.read_text(encoding="utf-8"))["tasks"]
+    out = {}
+    for name, t in spec.items():
+        filters = tuple((f["name"], tuple(f["filter"])) for f in t["filter_list"])
+        (metric,) = t["metric_list"]
+        out[name] = Task(
+            name=name, output_type="generate_until", load=lambda root, split, sub=t["subtask"], n=name: bbh_docs(n, root, sub),
+            test_split="test", metrics=("exact_match",), lm_eval_yaml=f"bbh/{t['variant'][4:]}/{t['subtask']}.yaml",
+            doc_to_text=partial(render, t["doc_to_text"]), doc_to_target=partial(_target, t["doc_to_target"]),
+            num_fewshot=t["num_fewshot"], target_delimiter=t["target_delimiter"],
+            fewshot_delimiter=t["fewshot_delimiter"], description=t["description"],
+            generation_kwargs=t["generation_kwargs"], filters=filters,
+            metric_kwargs={k: v for k, v in metric.items() if k in ("ignore_case", "ignore_punctuation",
+                                                                    "ignore_numbers", "regexes_to_ignore")},
+            fewshot_samples=tuple(t["fewshot_samples"]))
+    return out
+
+
+BBH_TASKS = _bbh_tasks()
+TASKS.update({"gsm8k": GSM8K, **BBH_TASKS})
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "kobest": ("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"),
     "click_cul": tuple(n for n in CLICK_FILTERS if n.startswith("click_cul")),
     "click_lang": tuple(n for n in CLICK_FILTERS if n.startswith("click_lang")),
     "click": ("click_lang", "click_cul"),
+    "bbh_cot_fewshot": tuple(n for n in BBH_TASKS if n.startswith("bbh_cot_fewshot_")),
+    "bbh_zeroshot": tuple(n for n in BBH_TASKS if n.startswith("bbh_zeroshot_")),
 }
 GROUP_METRICS = {"kobest": ("acc", "acc_norm", "f1"), "click": ("acc", "acc_norm"), "click_cul": ("acc", "acc_norm"),
-                 "click_lang": ("acc", "acc_norm")}
+                 "click_lang": ("acc", "acc_norm"), "bbh_cot_fewshot": ("exact_match,get-answer",),
+                 "bbh_zeroshot": ("exact_match,flexible-extract", "exact_match,strict-match")}
 
 
 def leaves(name: str) -> list[str]:
@@ -309,7 +387,11 @@ def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed:
         return [Example(task.name, i, d, "", text=task.doc_to_target(d)) for i, d in enumerate(docs)]
     pool: list[dict] = []
     exclude = task.fewshot_split == task.test_split
-    if k:
+    if k and task.fewshot_samples:  # sampler first_n over the task's own exemplars
+        if k > len(task.fewshot_samples):
+            raise TaskDataError(f"{task.name}: num_fewshot={k} is larger than its {len(task.fewshot_samples)} "
+                                f"few-shot exemplars ({BBH_PROMPTS.name})")
+    elif k:
         pool = task.docs(root, task.fewshot_split)
         avail = len(pool) - (1 if exclude else 0)
         if k > avail:
@@ -319,16 +401,22 @@ def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed:
     out = []
     for i, doc in enumerate(docs):
         shots: list[dict] = []
-        if k:
+        if k and task.fewshot_samples:
+            shots = list(task.fewshot_samples[:k])
+        elif k:
             if exclude:
                 shots = [x for x in rnd.sample(pool, k + 1) if x != doc][:k]
                 if len(shots) < k:
                     shots = rnd.sample([x for x in pool if x != doc], k)
             else:
                 shots = rnd.sample(pool, k)
-        ctx = "".join(task.doc_to_text(s) + task.target_delimiter + _fewshot_answer(task, s) + task.fewshot_delimiter
-                      for s in shots) + task.doc_to_text(doc)
-        out.append(Example(task.name, i, doc, ctx, tuple(task.doc_to_choice(doc)), task.gold(doc)))
+        ctx = task.description + "".join(
+            task.doc_to_text(s) + task.target_delimiter + _fewshot_answer(task, s) + task.fewshot_delimiter
+            for s in shots) + task.doc_to_text(doc)
+        if task.output_type == "generate_until":
+            out.append(Example(task.name, i, doc, ctx, gold=task.gold(doc), generation_kwargs=task.generation_kwargs))
+        else:
+            out.append(Example(task.name, i, doc, ctx, tuple(task.doc_to_choice(doc)), task.gold(doc)))
     return out
 
 
@@ -336,5 +424,6 @@ def prompt_hash(examples: list[Example], target_delimiter: str = " ") -> str:
     """sha256 over every (context, continuation) request (or scored text) of the examples, in order."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps(ex.requests(target_delimiter) if ex.choices else [ex.text], ensure_ascii=False).encode())
+        h.update(json.dumps(ex.requests(target_delimiter) if ex.choices or ex.generation_kwargs is not None else [ex.text],
+                            ensure_ascii=False).encode())
     return h.hexdigest()
