@@ -15,6 +15,7 @@ Three layers:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -87,13 +88,19 @@ def test_bbh_task_and_group_definitions():
 
 
 # ------------------------------------------------------------------------------------ extraction and scoring only
+@functools.lru_cache(maxsize=1)
+def _bbh_zeroshot_utils():
+    spec = importlib.util.spec_from_file_location("bbh_zs_utils", _tasks_dir() / "bbh" / "zeroshot" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    return utils
+
+
 def _their_pipeline(steps: list[dict]):
     """lm-eval's filter objects for one pipeline: registry filters, or the BBH 0-shot utils classes."""
     from lm_eval.api.registry import get_filter
 
-    spec = importlib.util.spec_from_file_location("bbh_zs_utils", _tasks_dir() / "bbh" / "zeroshot" / "utils.py")
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    utils = _bbh_zeroshot_utils()
     out = []
     for step in steps:
         kw = {k: v for k, v in step.items() if k != "function"}
