@@ -214,3 +214,28 @@ def bbh_docs(task: str, root: Path, subtask: str) -> list[dict]:
                 raise TaskDataError(f"{task}: {path}: example {i}: field {field!r} missing or not a string")
         docs.append({"input": ex["input"], "target": ex["target"]})
     return docs
+
+
+MT_FILES = {"news": ("korean-english-news-v1", {"dev": "korean-english-park.dev", "test": "korean-english-park.test"}),
+            "jhe": ("korean-english-jhe", {"dev": "jhe-koen-dev", "eval": "jhe-koen-eval"})}
+
+
+def mt_docs(task: str, root: Path, corpus: str, split: str) -> list[dict]:
+    """A Korean-English parallel set of ``<root>/mt_koen/`` as ``{"ko", "en"}`` docs (line i of ``.ko`` with line i
+    of ``.en``; the trailing newline removed, nothing else)."""
+    folder, names = MT_FILES[corpus]
+    if split not in names:
+        raise TaskDataError(f"{task}: unknown split {split!r} (the mirror has {', '.join(names)})")
+    base = Path(root) / "mt_koen" / folder / names[split]
+    sides = {}
+    for lang in ("ko", "en"):
+        path = base.with_name(base.name + f".{lang}")
+        text = _read_text(task, path)
+        sides[lang] = (path, text[:-1].split("\n") if text.endswith("\n") else text.split("\n"))
+    (pk, ko), (pe, en) = sides["ko"], sides["en"]
+    if len(ko) != len(en):
+        raise TaskDataError(f"{task}: {pk} has {len(ko)} lines but {pe} has {len(en)}: the sides must pair line by line")
+    for i, (k, e) in enumerate(zip(ko, en)):
+        if not k.strip() or not e.strip():
+            raise TaskDataError(f"{task}: {pk if not k.strip() else pe}: line {i + 1} is empty (a sentence expected)")
+    return [{"ko": k, "en": e} for k, e in zip(ko, en)]

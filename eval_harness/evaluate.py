@@ -5,7 +5,7 @@ Order of work (so that bad input fails before any weights are read): resolve the
 (:class:`~eval_harness.engine.ModelLoadError`), read and validate every task's files and build every prompt
 (:class:`~eval_harness.data.TaskDataError`, incl. a few-shot count larger than the few-shot split), then load the model
 and score all multiple-choice requests of all tasks in one batched call, the perplexity documents in another, and
-generate greedily for the generation tasks (GSM8K, BBH) in a third.
+generate greedily for the generation tasks (GSM8K, BBH, ko-en / en-ko translation) in a third.
 
 Outputs when ``out_dir`` is given: ``samples_<task>.jsonl`` (one record per doc: prompt, choices, continuations,
 log-likelihoods, is_greedy, prediction, gold, scores; for generation: the generated text, each filter's extracted
@@ -57,6 +57,11 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
         scorer = LMScorer.from_pretrained(model_path, dtype=dtype, device=device, batch_size=batch_size,
                                           max_length=max_length)
     t_load = time.perf_counter()
+    for t in leaf_tasks:  # before any scoring: a generation budget the model's window cannot hold
+        kw = TASKS[t].generation_kwargs
+        if kw is not None and int(kw.get("max_gen_toks", 256)) >= scorer.max_length:
+            raise ValueError(f"{t}: max_gen_toks {kw.get('max_gen_toks', 256)} must be less than the model's "
+                             f"max_length {scorer.max_length} (lm-eval refuses the same configuration)")
 
     mc = [t for t in leaf_tasks if TASKS[t].output_type == "multiple_choice"]
     requests = {t: [ex.requests(TASKS[t].target_delimiter) for ex in examples[t]] for t in mc}
@@ -104,13 +109,19 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
         recs = []
         for ex in examples[t]:
             text = next(texts)
-            filtered = {name: M.apply_filters(text, list(steps), ex.doc) for name, steps in task.filters}
-            recs.append({"task": t, "doc_id": ex.doc_id, "doc": ex.doc, "prompt": ex.context,
-                         "generation_kwargs": task.generation_kwargs, "generation": text, "filtered": filtered,
-                         "gold": ex.gold, "exact_match": {name: M.exact_match(v, ex.gold, **task.metric_kwargs)
-                                                          for name, v in filtered.items()}})
+            rec = {"task": t, "doc_id": ex.doc_id, "doc": ex.doc, "prompt": ex.context,
+                   "generation_kwargs": task.generation_kwargs, "generation": text, "gold": ex.gold}
+            if task.filters:
+                filtered = {name: M.apply_filters(text, list(steps), ex.doc) for name, steps in task.filters}
+                rec.update(filtered=filtered, exact_match={name: M.exact_match(v, ex.gold, **task.metric_kwargs)
+                                                           for name, v in filtered.items()})
+            recs.append(rec)
         samples[t] = recs
-        results[t] = M.generation_task_metrics(recs, [name for name, _ in task.filters])
+        if "bleu" in task.metrics:  # corpus metrics of the raw generations against the targets, as lm-eval's
+            results[t] = M.translation_metrics([r["generation"] for r in recs], [r["gold"] for r in recs],
+                                               task.metric_kwargs["target_lang"])
+        else:
+            results[t] = M.generation_task_metrics(recs, [name for name, _ in task.filters])
 
     group_results = {g: M.group_metrics(results, leaves(g), GROUP_METRICS[g]) for g in groups}
     config = {
@@ -131,7 +142,7 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
 def results_table(out: dict) -> str:
     """A Markdown table: one row per task and group, one column per metric."""
     cols = ["acc", "acc_norm", "f1", "exact_match,strict-match", "exact_match,flexible-extract",
-            "exact_match,get-answer", "word_perplexity", "byte_perplexity", "bits_per_byte"]
+            "exact_match,get-answer", "bleu", "chrf", "ter", "word_perplexity", "byte_perplexity", "bits_per_byte"]
     rows = [(n, r) for n, r in out["results"].items()] + [(f"**{g}**", r) for g, r in out["groups"].items()]
     used = [c for c in cols if any(c in r for _, r in rows)]
     lines = ["| task | n | " + " | ".join(used) + " |", "|---|---:|" + "---:|" * len(used)]

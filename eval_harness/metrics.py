@@ -284,3 +284,29 @@ def generation_task_metrics(records: list[dict], filter_names: list[str]) -> dic
         out[f"exact_match,{f}"] = mean(arr)
         out[f"exact_match,{f}_stderr"] = mean_stderr(arr)
     return out
+
+
+def bleu_tokenizer(target_lang: str) -> str:
+    """sacreBLEU's tokenizer for a target language: ``13a`` for English; for Korean ``ko-mecab`` when mecab-ko is
+    installed, else ``13a`` (spec 5.3: then chrF, which needs no tokenizer, is the Korean number to read); the
+    signature records which one ran."""
+    if target_lang != "ko":
+        return "13a"
+    try:
+        import mecab_ko  # noqa: F401
+    except ImportError:
+        return "13a"
+    return "ko-mecab"
+
+
+def translation_metrics(predictions: list[str], references: list[str], target_lang: str) -> dict:
+    """Corpus BLEU, chrF (char order 6, beta 2) and TER with sacreBLEU, one reference per segment, and their
+    signatures (lm-eval's ``bleu`` / ``chrf`` / ``ter`` aggregations are the same calls with sacreBLEU's defaults)."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    refs = [list(references)]
+    out: dict = {"n": len(predictions)}
+    for key, metric in (("bleu", BLEU(tokenize=bleu_tokenizer(target_lang))), ("chrf", CHRF()), ("ter", TER())):
+        out[key] = float(metric.corpus_score(list(predictions), refs).score)
+        out[f"{key}_signature"] = str(metric.get_signature())
+    return out

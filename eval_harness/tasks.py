@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from eval_harness.data import TaskDataError, bbh_docs, click_docs, gsm8k_docs, kobest_docs, wikitext_docs
+from eval_harness.data import TaskDataError, bbh_docs, click_docs, gsm8k_docs, kobest_docs, mt_docs, wikitext_docs
 
 
 class UnknownTaskError(KeyError):
@@ -320,7 +320,33 @@ def _bbh_tasks() -> dict[str, Task]:
 
 
 BBH_TASKS = _bbh_tasks()
-TASKS.update({"gsm8k": GSM8K, **BBH_TASKS})
+
+LANG_NAMES = {"ko": "Korean", "en": "English"}
+
+
+def _mt_load(name: str, corpus: str, test_split: str, root: Path, split: str) -> list[dict]:
+    return mt_docs(name, root, corpus, split)
+
+
+def _mt(corpus: str, src: str, tgt: str) -> Task:
+    """Korean-English translation, in lm-eval's translation-task format (``tasks/translation/utils.py`` +
+    ``wmt_common_yaml``): ``"{Source} phrase: {src}\n{Target} phrase:"``, target ``" {tgt}"`` after the ``" "``
+    target delimiter (so a few-shot answer follows two spaces, as lm-eval's), stop at ``"\n"``, greedy; k shots drawn
+    from the dev split (lm-eval's random sampler, seed 1234); corpus sacreBLEU BLEU, chrF and TER. lm-eval has no
+    Korean-English task: the format is its WMT one, the task is the project's."""
+    name = f"mt_koen_{corpus}_{src}2{tgt}"
+    test_split = "test" if corpus == "news" else "eval"
+    return Task(
+        name=name, output_type="generate_until", load=partial(_mt_load, name, corpus, test_split),
+        test_split=test_split, fewshot_split="dev", metrics=("bleu", "chrf", "ter"), lm_eval_yaml="translation/wmt_common_yaml",
+        doc_to_text=lambda d, s=src, t=tgt: f"{LANG_NAMES[s]} phrase: {d[s]}\n{LANG_NAMES[t]} phrase:",
+        doc_to_target=lambda d, t=tgt: f" {d[t]}", num_fewshot=5,
+        generation_kwargs={"until": ["\n"], "do_sample": False, "temperature": 0.0},
+        metric_kwargs={"target_lang": tgt})
+
+
+MT_TASKS = {t.name: t for t in (_mt(c, a, b) for c in ("news", "jhe") for a, b in (("ko", "en"), ("en", "ko")))}
+TASKS.update({"gsm8k": GSM8K, **BBH_TASKS, **MT_TASKS})
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "kobest": ("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"),
@@ -329,10 +355,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "click": ("click_lang", "click_cul"),
     "bbh_cot_fewshot": tuple(n for n in BBH_TASKS if n.startswith("bbh_cot_fewshot_")),
     "bbh_zeroshot": tuple(n for n in BBH_TASKS if n.startswith("bbh_zeroshot_")),
+    "mt_koen": tuple(MT_TASKS),
 }
 GROUP_METRICS = {"kobest": ("acc", "acc_norm", "f1"), "click": ("acc", "acc_norm"), "click_cul": ("acc", "acc_norm"),
                  "click_lang": ("acc", "acc_norm"), "bbh_cot_fewshot": ("exact_match,get-answer",),
-                 "bbh_zeroshot": ("exact_match,flexible-extract", "exact_match,strict-match")}
+                 "bbh_zeroshot": ("exact_match,flexible-extract", "exact_match,strict-match"),
+                 "mt_koen": ("chrf", "bleu")}
 
 
 def leaves(name: str) -> list[str]:
