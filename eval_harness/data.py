@@ -239,3 +239,34 @@ def mt_docs(task: str, root: Path, corpus: str, split: str) -> list[dict]:
         if not k.strip() or not e.strip():
             raise TaskDataError(f"{task}: {pk if not k.strip() else pe}: line {i + 1} is empty (a sentence expected)")
     return [{"ko": k, "en": e} for k, e in zip(ko, en)]
+
+
+def compression_texts(task: str, root: Path) -> dict[str, list[str]]:
+    """The tokenizer-compression sets of spec 5 (the same sets, names and order as the bilingual LM's tokenizer stage,
+    ``models/bilingual_lm/prepare.py metric_texts``, so the numbers compare): ``korean_text`` (the 11 files of
+    ``korean_text/*/*.txt``), ``english_wikitext2_test`` (the non-empty lines of WikiText-2 test),
+    ``english_gsm8k_test_questions``, ``code_cpython_stdlib`` (the non-empty ``.py`` files of the CPython tarball)."""
+    import tarfile
+
+    root = Path(root)
+    ko_paths = sorted((root / "korean_text").glob("*/*.txt"))
+    if not ko_paths:
+        raise TaskDataError(f"{task}: {root / 'korean_text'}: no */*.txt files")
+    korean = [_read_text(task, p) for p in ko_paths]
+    wiki = [ln for ln in _read_text(task, root / "english_corpus" / "wikitext2_valid_test" / "wiki.test.tokens")
+            .split("\n") if ln.strip()]
+    gsm = [d["question"] for d in gsm8k_docs(task, root, "test")]
+    tar_path = root / "code_corpus" / "cpython311_stdlib_py.tar.gz"
+    if not tar_path.is_file():
+        raise TaskDataError(f"{task}: {tar_path}: file not found (run the download stage, or pass --data-root)")
+    code = []
+    with tarfile.open(tar_path) as tar:
+        for m in sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".py")), key=lambda m: m.name):
+            try:
+                data = tar.extractfile(m).read().decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise TaskDataError(f"{task}: {tar_path}: {m.name}: not valid UTF-8 at byte {err.start}") from None
+            if data.strip():
+                code.append(data)
+    return {"korean_text": korean, "english_wikitext2_test": wiki, "english_gsm8k_test_questions": gsm,
+            "code_cpython_stdlib": code}

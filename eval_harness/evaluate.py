@@ -123,6 +123,12 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
         else:
             results[t] = M.generation_task_metrics(recs, [name for name, _ in task.filters])
 
+    for t in [t for t in leaf_tasks if TASKS[t].output_type == "tokenizer"]:
+        sets = {ex.doc["set"]: ex.doc["texts"] for ex in examples[t]}
+        res = M.compression_metrics(scorer.tokenizer, sets)
+        samples[t] = [{"task": t, "set": name, **res[name]} for name in sets]
+        results[t] = res
+
     group_results = {g: M.group_metrics(results, leaves(g), GROUP_METRICS[g]) for g in groups}
     config = {
         "model": str(model_path), "tokenizer_sha256": tokenizer_hash(model_path), "dtype": dtype,
@@ -142,8 +148,13 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
 def results_table(out: dict) -> str:
     """A Markdown table: one row per task and group, one column per metric."""
     cols = ["acc", "acc_norm", "f1", "exact_match,strict-match", "exact_match,flexible-extract",
-            "exact_match,get-answer", "bleu", "chrf", "ter", "word_perplexity", "byte_perplexity", "bits_per_byte"]
-    rows = [(n, r) for n, r in out["results"].items()] + [(f"**{g}**", r) for g, r in out["groups"].items()]
+            "exact_match,get-answer", "bleu", "chrf", "ter", "word_perplexity", "byte_perplexity", "bits_per_byte",
+            "chars_per_token", "bytes_per_token"]
+    rows = []
+    for n, r in out["results"].items():
+        subsets = {k: v for k, v in r.items() if isinstance(v, dict)}  # tokenizer_compression: one row per text set
+        rows += [(f"{n} / {k}", {**v, "n": v["texts"]}) for k, v in subsets.items()] if subsets else [(n, r)]
+    rows += [(f"**{g}**", r) for g, r in out["groups"].items()]
     used = [c for c in cols if any(c in r for _, r in rows)]
     lines = ["| task | n | " + " | ".join(used) + " |", "|---|---:|" + "---:|" * len(used)]
     for name, r in rows:
@@ -151,6 +162,8 @@ def results_table(out: dict) -> str:
         for c in used:
             if c not in r:
                 cells.append("")
+            elif r[c] is None:
+                cells.append("-")
             elif r.get(f"{c}_stderr") is not None:
                 cells.append(f"{r[c]:.4f} ± {r[f'{c}_stderr']:.4f}")
             else:

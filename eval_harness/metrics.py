@@ -310,3 +310,19 @@ def translation_metrics(predictions: list[str], references: list[str], target_la
         out[key] = float(metric.corpus_score(list(predictions), refs).score)
         out[f"{key}_signature"] = str(metric.get_signature())
     return out
+
+
+def compression_metrics(tokenizer, sets: dict[str, list[str]]) -> dict:
+    """Per set: texts, characters, UTF-8 bytes, tokens (``encode(text, add_special_tokens=False)``: content tokens,
+    no BOS/EOS), characters and bytes per token, and texts whose ``decode(encode(x)) != x``."""
+    out: dict = {"n": len(sets)}
+    for name, texts in sets.items():
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        n_tok = sum(len(x) for x in ids)
+        chars = sum(len(t) for t in texts)
+        nbytes = sum(len(t.encode("utf-8")) for t in texts)
+        fails = sum(tokenizer.decode(x, clean_up_tokenization_spaces=False) != t for x, t in zip(ids, texts))
+        out[name] = {"texts": len(texts), "chars": chars, "bytes": nbytes, "tokens": n_tok,
+                     "chars_per_token": chars / n_tok if n_tok else None,
+                     "bytes_per_token": nbytes / n_tok if n_tok else None, "roundtrip_failures": fails}
+    return out

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from eval_harness.data import TaskDataError, bbh_docs, click_docs, gsm8k_docs, kobest_docs, mt_docs, wikitext_docs
+from eval_harness.data import (TaskDataError, bbh_docs, click_docs, compression_texts, gsm8k_docs, kobest_docs,
+                               mt_docs, wikitext_docs)
 
 
 class UnknownTaskError(KeyError):
@@ -348,6 +349,16 @@ def _mt(corpus: str, src: str, tgt: str) -> Task:
 MT_TASKS = {t.name: t for t in (_mt(c, a, b) for c in ("news", "jhe") for a, b in (("ko", "en"), ("en", "ko")))}
 TASKS.update({"gsm8k": GSM8K, **BBH_TASKS, **MT_TASKS})
 
+
+def _compression_load(root: Path, split: str) -> list[dict]:
+    return [{"set": name, "texts": texts} for name, texts in compression_texts("tokenizer_compression", root).items()]
+
+
+# the model's tokenizer alone: characters and UTF-8 bytes per token on each set (spec 5; not an lm-eval task)
+TASKS["tokenizer_compression"] = Task(
+    name="tokenizer_compression", output_type="tokenizer", load=_compression_load, test_split="test",
+    metrics=("chars_per_token", "bytes_per_token"), lm_eval_yaml="-")
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "kobest": ("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"),
     "click_cul": tuple(n for n in CLICK_FILTERS if n.startswith("click_cul")),
@@ -409,6 +420,10 @@ def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed:
     docs = task.docs(root)
     if limit is not None:
         docs = docs[:limit]
+    if task.output_type == "tokenizer":
+        if k:
+            raise TaskDataError(f"{task.name}: takes no few-shot examples (num_fewshot={k})")
+        return [Example(task.name, i, d, "", text=d["set"]) for i, d in enumerate(docs)]
     if task.output_type == "loglikelihood_rolling":
         if k:
             raise TaskDataError(f"{task.name}: perplexity tasks take no few-shot examples (num_fewshot={k})")
