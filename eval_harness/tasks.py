@@ -325,8 +325,6 @@ BBH_TASKS = _bbh_tasks()
 LANG_NAMES = {"ko": "Korean", "en": "English"}
 
 
-def _mt_load(name: str, corpus: str, test_split: str, root: Path, split: str) -> list[dict]:
-    return mt_docs(name, root, corpus, split)
 
 
 def _mt(corpus: str, src: str, tgt: str) -> Task:
@@ -338,7 +336,7 @@ def _mt(corpus: str, src: str, tgt: str) -> Task:
     name = f"mt_koen_{corpus}_{src}2{tgt}"
     test_split = "test" if corpus == "news" else "eval"
     return Task(
-        name=name, output_type="generate_until", load=partial(_mt_load, name, corpus, test_split),
+        name=name, output_type="generate_until", load=lambda root, split, n=name, c=corpus: mt_docs(n, root, c, split),
         test_split=test_split, fewshot_split="dev", metrics=("bleu", "chrf", "ter"), lm_eval_yaml="translation/wmt_common_yaml",
         doc_to_text=lambda d, s=src, t=tgt: f"{LANG_NAMES[s]} phrase: {d[s]}\n{LANG_NAMES[t]} phrase:",
         doc_to_target=lambda d, t=tgt: f" {d[t]}", num_fewshot=5,

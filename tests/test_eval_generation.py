@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import mirror_dir
+from tests.test_eval_agreement import _write_jsonl
 
 pytestmark = pytest.mark.mirror
 
@@ -40,14 +41,6 @@ def _lm_eval():
 
 def _tasks_dir() -> Path:
     return Path(_lm_eval().__file__).parent / "tasks"
-
-
-def _write_jsonl(path: Path, docs: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    return str(path)
 
 
 def _root() -> Path:
