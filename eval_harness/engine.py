@@ -116,7 +116,7 @@ class LMScorer:
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int | None = 32768,
                  max_length: int | None = None, softmax_dtype: torch.dtype | None = None,
-                 share_prefixes: bool = True) -> None:
+                 share_prefixes: bool = True, seed: int = 1234) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -124,6 +124,7 @@ class LMScorer:
         self.max_length = int(max_length) if max_length else resolve_max_length(model.config, tokenizer)
         self.softmax_dtype = softmax_dtype
         self.share_prefixes = share_prefixes
+        self.seed = int(seed)  # torch seed of sampled generation (lm-eval's torch_random_seed)
         self.device = next(model.parameters()).device
         self.stats = {"requests": 0, "forward_rows": 0, "forward_calls": 0}  # for tests and benchmarks
         try:
@@ -300,8 +301,10 @@ class LMScorer:
 
     # -------------------------------------------------------------------------------------------------- generation
     def generate_until(self, requests: Sequence[tuple[str, dict]], default_max_gen_toks: int = 256) -> list[str]:
-        """Greedy continuations of ``(context, generation_kwargs)`` requests, cut at the stop sequences, in input order
-        (lm-eval's ``HFLM.generate_until``; see the module docstring)."""
+        """Continuations of ``(context, generation_kwargs)`` requests (greedy unless the settings sample), cut at the
+        stop sequences, in input order (lm-eval's ``HFLM.generate_until``; see the module docstring). Sampled rows
+        draw from one ``torch.manual_seed(seed)`` stream per settings group, so they repeat run to run but do not
+        equal lm-eval's draws (its batches, hence its random stream, are laid out differently)."""
         tok = self.tokenizer
         eos = tok.decode(tok.eos_token_id, skip_special_tokens=False) if tok.eos_token_id is not None else None
         pad = tok.pad_token_id if tok.pad_token_id is not None else (
@@ -315,6 +318,8 @@ class LMScorer:
         with torch.inference_mode():
             for idxs in groups.values():
                 kw = normalize_gen_kwargs(requests[idxs[0]][1], default_max_gen_toks)
+                if kw["do_sample"]:  # one seeded stream per settings group (lm-eval seeds torch once, 1234)
+                    torch.manual_seed(self.seed)
                 until = list(kw["until"])
                 if eos is not None and eos not in until:
                     until.append(eos)
@@ -330,17 +335,14 @@ class LMScorer:
                     enc = tok(strings, padding="longest", return_tensors="pt", padding_side="left", **special)
                     ids, mask = enc["input_ids"][:, -max_ctx:], enc["attention_mask"][:, -max_ctx:]
                     width = ids.shape[1]
+                    sample = {k: kw[k] for k in ("temperature", "top_p", "top_k") if k in kw}
                     gen = self.model.generate(
                         input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_length=width + max_gen,
                         stopping_criteria=[_StopStrings(tok, until, width)], pad_token_id=pad, use_cache=True,
-                        do_sample=False)
+                        do_sample=kw["do_sample"], **sample)
                     self.stats["generate_calls"] = self.stats.get("generate_calls", 0) + 1
                     for i, row in zip(batch, gen[:, width:].tolist()):
-                        text = tok.decode(row, skip_special_tokens=True)
-                        for term in until:
-                            if term:
-                                text = text.split(term)[0]
-                        out[i] = text
+                        out[i] = cut_at_stops(tok.decode(row, skip_special_tokens=True), until)
         return out  # type: ignore[return-value]
 
 
@@ -367,9 +369,18 @@ class _StopStrings(StoppingCriteria):
         return done
 
 
+def cut_at_stops(text: str, until: Sequence[str]) -> str:
+    """lm-eval's post-processing of a generation: cut at each stop sequence in turn (``text.split(stop)[0]``)."""
+    for term in until:
+        if term:
+            text = text.split(term)[0]
+    return text
+
+
 def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int = 256) -> dict:
-    """lm-eval's ``normalize_gen_kwargs`` for greedy decoding: ``until`` a list, ``max_gen_toks`` resolved from its
-    aliases. Sampling is refused (the harness decodes greedily, as every task here asks)."""
+    """lm-eval's ``normalize_gen_kwargs`` + ``HFLM._model_generate``: ``until`` a list, ``max_gen_toks`` resolved from
+    its aliases; greedy unless ``do_sample`` is true (then ``temperature``, ``top_p``, ``top_k`` pass through to
+    ``model.generate``, as lm-eval passes them). ``do_sample`` false with a temperature above 0 is refused."""
     kw = dict(gen_kwargs)
     until = kw.pop("until", None)
     until = [until] if isinstance(until, str) else list(until or [])
@@ -379,13 +390,18 @@ def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int = 256) -> d
             n = int(kw[alias])
     for alias in ("max_completion_tokens", "max_tokens", "max_new_tokens", "max_gen_toks"):
         kw.pop(alias, None)
-    if kw.pop("do_sample", False) or float(kw.pop("temperature", 0.0) or 0.0) > 0:
-        raise ValueError(f"generation settings {gen_kwargs}: only greedy decoding (do_sample false, temperature 0)")
+    do_sample = bool(kw.pop("do_sample", False))
+    temperature = float(kw.pop("temperature", 0.0) or 0.0)
+    sampling = {k: kw.pop(k) for k in ("top_p", "top_k") if k in kw}
     if kw:
         raise ValueError(f"generation settings {gen_kwargs}: unsupported key(s) {sorted(kw)}")
-    return {"until": until, "max_gen_toks": n}
-
-
+    if not do_sample:
+        if temperature > 0:
+            raise ValueError(f"generation settings {gen_kwargs}: a temperature above 0 needs do_sample true")
+        return {"until": until, "max_gen_toks": n, "do_sample": False}
+    if temperature <= 0:
+        raise ValueError(f"generation settings {gen_kwargs}: do_sample needs a temperature above 0")
+    return {"until": until, "max_gen_toks": n, "do_sample": True, "temperature": temperature, **sampling}
 
 
 def check_model_dir(path: Path) -> None:

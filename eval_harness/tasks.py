@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from eval_harness.data import (TaskDataError, bbh_docs, click_docs, compression_texts, gsm8k_docs, kobest_docs,
-                               mt_docs, wikitext_docs)
+from eval_harness.data import (TaskDataError, bbh_docs, click_docs, compression_texts, gsm8k_docs, humaneval_docs,
+                               kobest_docs, mt_docs, wikitext_docs)
 
 
 class UnknownTaskError(KeyError):
@@ -196,6 +196,7 @@ class Task:
     filters: tuple = ()
     metric_kwargs: dict = field(default_factory=dict)
     fewshot_samples: tuple = ()
+    repeats: int = 1  # generations per doc (lm-eval's ``repeats``; humaneval_64: 64 samples for pass@k)
 
     def docs(self, root: Path, split: str | None = None) -> list[dict]:
         return self.process_docs(self.load(Path(root), split or self.test_split))
@@ -345,7 +346,28 @@ def _mt(corpus: str, src: str, tgt: str) -> Task:
 
 
 MT_TASKS = {t.name: t for t in (_mt(c, a, b) for c in ("news", "jhe") for a, b in (("ko", "en"), ("en", "ko")))}
-TASKS.update({"gsm8k": GSM8K, **BBH_TASKS, **MT_TASKS})
+
+HUMANEVAL_UNTIL = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+
+
+def _humaneval(name: str, repeats: int, ks: tuple[int, ...], sampling: dict) -> Task:
+    """lm-eval's ``humaneval/humaneval.yaml`` (greedy, pass@1) and ``humaneval_64.yaml`` (64 samples at temperature
+    0.2, top-p 0.95; pass@2..64): the prompt as the context, stop at a new top-level statement, the filter
+    ``create_test`` = prompt + generation (``utils.build_predictions``), scored by executing prompt + generation +
+    ``test`` + ``check(entry_point)`` in :mod:`eval_harness.sandbox` (lm-eval: ``evaluate``'s ``code_eval``, which
+    runs it in a bare ``multiprocessing`` process) and the unbiased pass@k, averaged over problems."""
+    return Task(
+        name=name, output_type="generate_until", load=partial(humaneval_docs, name), test_split="test",
+        metrics=tuple(f"pass@{k}" for k in ks), lm_eval_yaml=f"humaneval/{name}.yaml", doc_to_text=lambda d: d["prompt"],
+        doc_to_target=lambda d: f"{d['test']}\ncheck({d['entry_point']})",
+        generation_kwargs={"until": list(HUMANEVAL_UNTIL), "max_gen_toks": 1024, **sampling}, repeats=repeats,
+        metric_kwargs={"ks": ks})
+
+
+HUMANEVAL_TASKS = {"humaneval": _humaneval("humaneval", 1, (1,), {"do_sample": False}),
+                   "humaneval_64": _humaneval("humaneval_64", 64, (2, 8, 16, 32, 64),
+                                              {"do_sample": True, "temperature": 0.2, "top_p": 0.95})}
+TASKS.update({"gsm8k": GSM8K, **BBH_TASKS, **MT_TASKS, **HUMANEVAL_TASKS})
 
 
 def _compression_load(root: Path, split: str) -> list[dict]:

@@ -507,16 +507,13 @@ def _humaneval_file() -> Path:
 
 
 @pytest.mark.mirror
-def test_all_164_canonical_solutions_pass_and_wrong_completions_fail():
+def test_canonical_solutions_pass_and_wrong_completions_fail():
+    """The first 12 problems here; all 164 run through the harness's own path in tests/test_eval_humaneval.py."""
     problems = load_humaneval(_humaneval_file())
     assert len(problems) == 164
-    t0 = time.monotonic()
-    results = run_many([(p, p["canonical_solution"]) for p in problems], max_workers=3, timeout_s=15.0)
-    elapsed = time.monotonic() - t0
-    failed = [(r.task_id, r.status, r.reason) for r in results if not r.passed]
-    assert failed == []
-    assert [r.task_id for r in results] == [p["task_id"] for p in problems]
+    results = run_many([(p, p["canonical_solution"]) for p in problems[:12]], max_workers=3, timeout_s=15.0)
+    assert [(r.task_id, r.status, r.reason) for r in results if not r.passed] == []
+    assert [r.task_id for r in results] == [p["task_id"] for p in problems[:12]]
     wrong = run_many([(p, "    return None\n") for p in problems[:12]], max_workers=3, timeout_s=15.0)
     assert [r.status for r in wrong] == ["failed"] * 12, [(r.task_id, r.status) for r in wrong]
-    print(f"\n164 canonical solutions in {elapsed:.1f} s (3 workers); isolation: {results[0].isolation['process']}")
     assert sandbox_processes() == []
