@@ -6,7 +6,9 @@ Order of work (so that bad input fails before any weights are read): resolve the
 (:class:`~eval_harness.data.TaskDataError`, incl. a few-shot count larger than the few-shot split), then load the model
 and score all multiple-choice requests of all tasks in one batched call, the perplexity documents in another, and
 generate for the generation tasks (GSM8K, BBH, ko-en / en-ko translation, HumanEval) in a third; HumanEval's
-programs then run in :mod:`eval_harness.sandbox`, one process per sample.
+programs then run in :mod:`eval_harness.sandbox`, one process per sample. MT-Bench and LogicKor answer two-turn
+chats through the model's chat template (:mod:`eval_harness.chat_bench`) and are scored only when a judge endpoint
+is configured (``EVAL_JUDGE_URL`` + ``EVAL_JUDGE_MODEL``); otherwise their rows carry the answers and no score.
 
 Outputs when ``out_dir`` is given: ``samples_<task>.jsonl`` (one record per doc: prompt, choices, continuations,
 log-likelihoods, is_greedy, prediction, gold, scores; for generation: the generated text, each filter's extracted
@@ -151,6 +153,19 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
         samples[t] = [{"task": t, "set": name, **res[name]} for name in sets]
         results[t] = res
 
+    for t in [t for t in leaf_tasks if TASKS[t].output_type == "chat"]:  # MT-Bench / LogicKor (chat_bench)
+        from eval_harness.chat_bench import FASTCHAT_MAX_NEW_TOKENS, run_chat_bench
+
+        budget = int((gen_kwargs or {}).get("max_gen_toks", FASTCHAT_MAX_NEW_TOKENS))
+        res = run_chat_bench(t, root=data_root, model=scorer.model, tokenizer=scorer.tokenizer,
+                             model_dir=model_path if model_path.is_dir() else None,
+                             question_ids=[ex.doc["question_id"] for ex in examples[t]], max_new_tokens=budget,
+                             seed=seed, progress=False)
+        judged = {(j["question_id"], j["turn"]): j for j in (res["judgements"] or [])}
+        samples[t] = [{"task": t, **a, "judgements": [judged.get((a["question_id"], n)) for n in (1, 2)]
+                       if res["judgements"] is not None else None} for a in res["answers"]]
+        results[t] = {"n": len(res["answers"]), "judge": (res["judge"] or {}).get("model"), **(res["scores"] or {})}
+
     group_results = {g: M.group_metrics(results, leaves(g), GROUP_METRICS[g]) for g in groups}
     config = {
         "model": str(model_path), "tokenizer_sha256": tokenizer_hash(model_path), "dtype": dtype,
@@ -194,7 +209,7 @@ def results_table(out: dict) -> str:
     cols = ["acc", "acc_norm", "f1", "pass@1", "pass@2", "pass@8", "pass@16", "pass@32", "pass@64",
             "exact_match,strict-match", "exact_match,flexible-extract",
             "exact_match,get-answer", "bleu", "chrf", "ter", "word_perplexity", "byte_perplexity", "bits_per_byte",
-            "chars_per_token", "bytes_per_token"]
+            "chars_per_token", "bytes_per_token", "turn_1", "turn_2", "single", "multi", "overall"]
     rows = []
     for n, r in out["results"].items():
         subsets = {k: v for k, v in r.items() if isinstance(v, dict)}  # tokenizer_compression: one row per text set

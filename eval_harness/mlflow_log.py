@@ -20,7 +20,7 @@ from pathlib import Path
 
 # the metric a task's bar shows, first match wins
 PRIMARY = ("acc", "exact_match,flexible-extract", "exact_match,get-answer", "exact_match,strict-match", "pass@1",
-           "chrf", "bits_per_byte")
+           "chrf", "bits_per_byte", "overall")
 
 
 def metric_name(task: str, metric: str) -> str:

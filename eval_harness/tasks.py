@@ -370,6 +370,23 @@ HUMANEVAL_TASKS = {"humaneval": _humaneval("humaneval", 1, (1,), {"do_sample": F
 TASKS.update({"gsm8k": GSM8K, **BBH_TASKS, **MT_TASKS, **HUMANEVAL_TASKS})
 
 
+def _chat_load(bench: str, root: Path, split: str) -> list[dict]:
+    from eval_harness.chat_bench import load_questions
+
+    return load_questions(bench, root)
+
+
+# two-turn chat answers through the model's chat template; judged only when a judge endpoint is configured
+# (eval_harness.chat_bench: FastChat's MT-Bench single-answer grading, LogicKor's 0-10 judge; not lm-eval tasks)
+CHAT_TASKS = {
+    "mt_bench": Task(name="mt_bench", output_type="chat", load=partial(_chat_load, "mt_bench"), test_split="test",
+                     metrics=("turn_1", "turn_2", "overall"), lm_eval_yaml="- (FastChat llm_judge @ 0e6d3e4)"),
+    "logickor": Task(name="logickor", output_type="chat", load=partial(_chat_load, "logickor"), test_split="test",
+                     metrics=("single", "multi", "overall"), lm_eval_yaml="- (LogicKor @ 11c3a84)"),
+}
+TASKS.update(CHAT_TASKS)
+
+
 def _compression_load(root: Path, split: str) -> list[dict]:
     return [{"set": name, "texts": texts} for name, texts in compression_texts("tokenizer_compression", root).items()]
 
@@ -440,9 +457,11 @@ def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed:
     docs = task.docs(root)
     if limit is not None:
         docs = docs[:limit]
-    if task.output_type == "tokenizer":
+    if task.output_type in ("tokenizer", "chat"):
         if k:
             raise TaskDataError(f"{task.name}: takes no few-shot examples (num_fewshot={k})")
+        if task.output_type == "chat":
+            return [Example(task.name, i, d, "") for i, d in enumerate(docs)]
         return [Example(task.name, i, d, "", text=d["set"]) for i, d in enumerate(docs)]
     if task.output_type == "loglikelihood_rolling":
         if k:
