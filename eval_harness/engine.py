@@ -36,9 +36,13 @@ Where it is faster than ``HFLM`` (numbers agree to ~1e-6 in float32; order and b
 that): requests are encoded with batched tokenizer calls and each distinct context is encoded once; requests are
 sorted longest first and batched with right padding; a request whose model input is a prefix of another request's
 input with the same context (identical inputs, as lm-eval's ``group_by="contexts"``, and more generally shorter
-choices of the same question) takes its scores from that one forward pass; and the LM head is applied only at the
-positions that are scored (``logits_to_keep``, where the model supports it), so the vocabulary-wide log-softmax runs
-on scored rows only.
+choices of the same question) takes its scores from that one forward pass; the choices of one question run their
+shared context **once** (``cache_prefixes``: the context up to its last token is one row of a right-padded batch,
+its key/value cache is copied to every choice, and each choice runs only its tail, the last context token and its
+continuation, with an attention mask over the real prefix positions and position ids continuing the prefix's; a
+choice whose left-truncated input no longer shares the prefix takes the plain path); and the LM head is applied only
+at the positions that are scored (``logits_to_keep``, where the model supports it), so the vocabulary-wide
+log-softmax runs on scored rows only.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class LMScorer:
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int | None = 32768,
                  max_length: int | None = None, softmax_dtype: torch.dtype | None = None,
-                 share_prefixes: bool = True, seed: int = 1234) -> None:
+                 share_prefixes: bool = True, cache_prefixes: bool = True, seed: int = 1234) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -124,6 +128,7 @@ class LMScorer:
         self.max_length = int(max_length) if max_length else resolve_max_length(model.config, tokenizer)
         self.softmax_dtype = softmax_dtype
         self.share_prefixes = share_prefixes
+        self.cache_prefixes = cache_prefixes
         self.seed = int(seed)  # torch seed of sampled generation (lm-eval's torch_random_seed)
         self.device = next(model.parameters()).device
         self.stats = {"requests": 0, "forward_rows": 0, "forward_calls": 0}  # for tests and benchmarks
@@ -131,6 +136,10 @@ class LMScorer:
             self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             self._keep_arg = False
+        try:
+            self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        except (TypeError, ValueError):
+            self._cache_arg = "past_key_values"
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.prefix_token_id = bos if bos is not None else eos
         self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
@@ -263,18 +272,20 @@ class LMScorer:
         members: list[list[int]] = [[] for _ in hosts]
         for i, h in enumerate(host_of):
             members[h].append(i)
-        row_order = sorted(range(len(hosts)), key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
-        lengths = [len(h.inp) for h in hosts]
         results: list[tuple[float, bool] | None] = [None] * len(reqs)
+        plain = list(range(len(hosts)))
+        if self.cache_prefixes and (self.share_prefixes if share_prefixes is None else share_prefixes):
+            plain = self._score_cached(reqs, hosts, members, results)
+        row_order = sorted(plain, key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
+        lengths = [len(h.inp) for h in hosts]
         for batch in self._batches(row_order, lengths):
             width = lengths[batch[0]]
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             for b, h in enumerate(batch):
                 ids[b, : lengths[h]] = torch.tensor(hosts[h].inp, dtype=torch.long)
             # scored positions: request r (input length L, continuation c) is scored at positions L-c .. L-1
-            spans = [(b, i, len(reqs[i].inp) - len(reqs[i].cont), len(reqs[i].inp))
-                     for b, h in enumerate(batch) for i in members[h]]
-            keep = sorted({p for _, _, s, e in spans for p in range(s, e)})
+            spans = [(b, i, len(reqs[i].inp) - len(reqs[i].cont)) for b, h in enumerate(batch) for i in members[h]]
+            keep = sorted({p for _, i, s in spans for p in range(s, s + len(reqs[i].cont))})
             kwargs = {"use_cache": False}
             col = None
             if self._keep_arg and len(keep) < width:
@@ -282,22 +293,83 @@ class LMScorer:
                 col = {p: k for k, p in enumerate(keep)}
             logits = self.model(ids.to(self.device), **kwargs).logits
             self.stats["forward_calls"] += 1
-            rows_idx, cols_idx, targets, sizes = [], [], [], []
-            for b, i, s, e in spans:
-                rows_idx += [b] * (e - s)
-                cols_idx += list(range(s, e)) if col is None else [col[p] for p in range(s, e)]
-                targets += reqs[i].cont
-                sizes.append(e - s)
-            sel = logits[torch.tensor(rows_idx, device=self.device), torch.tensor(cols_idx, device=self.device)]
-            logp = F.log_softmax(sel, dim=-1, dtype=self.softmax_dtype)
-            tgt = torch.tensor(targets, dtype=torch.long, device=self.device)
-            tok_lp = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
-            greedy = logp.argmax(dim=-1) == tgt
-            sums = torch.stack([x.sum() for x in torch.split(tok_lp, sizes)]).tolist()
-            allg = torch.stack([x.all() for x in torch.split(greedy, sizes)]).tolist()
-            for (_, i, _, _), ll, g in zip(spans, sums, allg):
-                results[i] = (float(ll), bool(g))
+            self._gather(logits, [(b, i, s if col is None else col[s]) for b, i, s in spans], reqs, results)
         return results  # type: ignore[return-value]
+
+    def _gather(self, logits, spans: list[tuple[int, int, int]], reqs: list[_Req], results: list) -> None:
+        """Score request ``i``'s continuation at ``logits[row, col : col + len(cont)]`` for each ``(row, i, col)``."""
+        rows_idx, cols_idx, targets, sizes = [], [], [], []
+        for b, i, c in spans:
+            m = len(reqs[i].cont)
+            rows_idx += [b] * m
+            cols_idx += list(range(c, c + m))
+            targets += reqs[i].cont
+            sizes.append(m)
+        sel = logits[torch.tensor(rows_idx, device=self.device), torch.tensor(cols_idx, device=self.device)]
+        logp = F.log_softmax(sel, dim=-1, dtype=self.softmax_dtype)
+        tgt = torch.tensor(targets, dtype=torch.long, device=self.device)
+        tok_lp = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
+        greedy = logp.argmax(dim=-1) == tgt
+        sums = torch.stack([x.sum() for x in torch.split(tok_lp, sizes)]).tolist()
+        allg = torch.stack([x.all() for x in torch.split(greedy, sizes)]).tolist()
+        for (_, i, _), ll, g in zip(spans, sums, allg):
+            results[i] = (float(ll), bool(g))
+
+    def _score_cached(self, reqs: list[_Req], hosts: list[_Req], members: list[list[int]], results: list) -> list[int]:
+        """Rows whose requests share the context part of their input (the choices of one question) with other rows:
+        the shared prefix runs once, its key/value cache is copied to each row, and only the row's own tail (the
+        last context token and the continuation) runs on it. Returns the rows left for the plain path."""
+        groups: dict[tuple, list[int]] = {}
+        for h, r in enumerate(hosts):
+            p = len(reqs[members[h][0]].inp) - len(reqs[members[h][0]].cont)  # every member: the same prefix
+            if p >= 1:
+                groups.setdefault(tuple(r.inp[:p]), []).append(h)
+        shared = sorted((g for g in groups.items() if len(g[1]) > 1), key=lambda g: (-len(g[0]), g[0]))
+        done = {h for _, hs in shared for h in hs}
+        batch: list[tuple[tuple, list[int]]] = []
+        rows = tail = 0
+        for key, hs in shared:  # longest prefix first: a batch's first prefix is its widest
+            t = max(len(hosts[h].inp) - len(key) for h in hs)
+            if batch and (rows + len(hs) > self.batch_size or (self.max_batch_tokens and (rows + len(hs)) * (
+                    len(batch[0][0]) + max(tail, t)) > self.max_batch_tokens)):
+                self._cached_batch(batch, reqs, hosts, members, results)
+                batch, rows, tail = [], 0, 0
+            batch.append((key, hs))
+            rows, tail = rows + len(hs), max(tail, t)
+        if batch:
+            self._cached_batch(batch, reqs, hosts, members, results)
+        return [h for h in range(len(hosts)) if h not in done]
+
+    def _cached_batch(self, batch, reqs, hosts, members, results) -> None:
+        pmax = max(len(k) for k, _ in batch)
+        ids = torch.zeros((len(batch), pmax), dtype=torch.long)
+        for g, (key, _) in enumerate(batch):
+            ids[g, : len(key)] = torch.tensor(key, dtype=torch.long)
+        kw = {"logits_to_keep": 1} if self._keep_arg else {}
+        # right padding: a causal model's real positions never see it; the tails below mask it out
+        out = self.model(ids.to(self.device), use_cache=True, **kw)
+        cache = out.cache if "cache" in out else out.past_key_values  # transformers 5.2x renamed it
+        rows = [(g, h) for g, (_, hs) in enumerate(batch) for h in hs]
+        cache.batch_select_indices(torch.tensor([g for g, _ in rows], device=self.device))
+        tails = [hosts[h].inp[len(batch[g][0]):] for g, h in rows]
+        smax = max(len(t) for t in tails)
+        tail_ids = torch.zeros((len(rows), smax), dtype=torch.long)
+        mask = torch.zeros((len(rows), pmax + smax), dtype=torch.long)
+        pos = torch.zeros((len(rows), smax), dtype=torch.long)
+        for r, ((g, _), t) in enumerate(zip(rows, tails)):
+            p = len(batch[g][0])
+            tail_ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[r, :p] = 1
+            mask[r, pmax: pmax + len(t)] = 1
+            pos[r] = torch.arange(p, p + smax)
+        logits = self.model(tail_ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=pos.to(self.device), **{self._cache_arg: cache}, use_cache=True,
+                            cache_position=torch.arange(pmax, pmax + smax, device=self.device)).logits
+        self.stats["forward_calls"] += 2
+        self.stats["cached_rows"] = self.stats.get("cached_rows", 0) + len(rows)
+        spans = [(r, i, len(reqs[i].inp) - len(reqs[i].cont) - len(batch[g][0]))
+                 for r, (g, h) in enumerate(rows) for i in members[h]]
+        self._gather(logits, spans, reqs, results)
 
     # -------------------------------------------------------------------------------------------------- generation
     def generate_until(self, requests: Sequence[tuple[str, dict]], default_max_gen_toks: int = 256) -> list[str]:

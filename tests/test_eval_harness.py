@@ -112,6 +112,33 @@ def test_batched_equals_one_by_one_and_sharing(tiny):
     assert s3.stats["forward_rows"] == 1
 
 
+
+@pytest.mark.parametrize("bs", [1, 3, 16])
+def test_shared_context_runs_once_and_scores_equal(tiny, bs):
+    """Choices of one question share their context's forward pass (key/value cache copied per choice): the same
+    scores as one request at a time, with contexts longer than the window (left-truncated per choice, so choices of
+    different lengths no longer share a prefix), a one-token context, duplicates and several batches."""
+    import random
+
+    one = LMScorer.from_pretrained(tiny, batch_size=1, share_prefixes=False)
+    rnd = random.Random(bs)
+    vocab = one.tokenizer.vocab_size
+    reqs = []
+    for q in range(12):
+        ctx = [rnd.randrange(3, vocab) for _ in range(rnd.choice([1, 5, 20, 47, 60]))]  # the window is 48
+        for c in range(rnd.choice([2, 4])):
+            reqs.append((ctx, [rnd.randrange(3, vocab) for _ in range(rnd.randrange(1, 5))]))
+    reqs.append(reqs[0])
+    ref = one.loglikelihood_tokens(reqs)
+    cached = LMScorer.from_pretrained(tiny, batch_size=bs)
+    got = cached.loglikelihood_tokens(reqs)
+    assert [g for _, g in got] == [g for _, g in ref]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(got, ref)) <= 1e-5
+    assert cached.stats["cached_rows"] > 0 and cached.stats["forward_calls"] < one.stats["forward_calls"]
+    off = LMScorer.from_pretrained(tiny, batch_size=bs, cache_prefixes=False)
+    assert [a for a, _ in off.loglikelihood_tokens(reqs)] == pytest.approx([a for a, _ in ref], abs=1e-5)
+    assert "cached_rows" not in off.stats
+
 # ----------------------------------------------------------------------------------------------------- bad input
 def _kobest_root(tmp_path, header: str, rows: list[str], split: str = "test"):
     d = tmp_path / "kobest" / "v1.0" / "BoolQ"
