@@ -42,7 +42,11 @@ its key/value cache is copied to every choice, and each choice runs only its tai
 continuation, with an attention mask over the real prefix positions and position ids continuing the prefix's; a
 choice whose left-truncated input no longer shares the prefix takes the plain path); and the LM head is applied only
 at the positions that are scored (``logits_to_keep``, where the model supports it), so the vocabulary-wide
-log-softmax runs on scored rows only.
+log-softmax runs on scored rows only. A batch holds at most ``max_batch_logits`` full-vocabulary rows (a rolling
+window scores every position: two 512-token windows of a 16k vocabulary, not 32), long spans are read through
+views of the logits (no copy), and ``is_greedy`` uses a max reduction with a tie check instead of an argmax over
+the vocabulary at every position. What stays is the model's own forward and one log-softmax per scored position,
+which lm-eval computes too: WikiText-2 (every position scored, nothing shared) is therefore only a little faster.
 """
 
 from __future__ import annotations
@@ -113,12 +117,14 @@ class LMScorer:
     Args:
         model: a causal LM whose forward returns ``.logits``; put in eval mode here.
         tokenizer: its (fast) tokenizer.
-        batch_size: forward rows per batch (after sharing); ``max_batch_tokens`` caps rows x padded length too.
+        batch_size: forward rows per batch (after sharing); ``max_batch_tokens`` caps rows x padded length too, and
+            ``max_batch_logits`` the scored positions x vocabulary of a batch (64 MB of float32 logits by default).
         max_length: overrides the length resolved from the config/tokenizer (lm-eval's ``max_length`` model arg).
         softmax_dtype: dtype of the log-softmax (``None``: the logits' dtype, lm-eval's default).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int | None = 32768,
+                 max_batch_logits: int | None = 2 ** 24,
                  max_length: int | None = None, softmax_dtype: torch.dtype | None = None,
                  share_prefixes: bool = True, cache_prefixes: bool = True, seed: int = 1234) -> None:
         self.model = model.eval()
@@ -128,6 +134,8 @@ class LMScorer:
         self.max_length = int(max_length) if max_length else resolve_max_length(model.config, tokenizer)
         self.softmax_dtype = softmax_dtype
         self.share_prefixes = share_prefixes
+        self.max_batch_logits = max_batch_logits
+        self._vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
         self.cache_prefixes = cache_prefixes
         self.seed = int(seed)  # torch seed of sampled generation (lm-eval's torch_random_seed)
         self.device = next(model.parameters()).device
@@ -244,14 +252,22 @@ class LMScorer:
             hosts.append(r)
         return hosts, host_of
 
-    def _batches(self, rows: list[int], lengths: list[int]) -> Iterator[list[int]]:
+    def _batches(self, rows: list[int], lengths: list[int], scored: list[int] | None = None) -> Iterator[list[int]]:
+        """Rows in order, cut at ``batch_size`` rows, ``max_batch_tokens`` padded tokens, and ``max_batch_logits``
+        vocabulary-wide logits (``scored[r]`` positions of row ``r`` go through the LM head and the log-softmax: a
+        rolling window scores all of them, and batching hundreds of full-vocabulary rows is slower than a few)."""
         batch: list[int] = []
+        n_logits = 0
+        cap = self.max_batch_logits // max(1, self._vocab) if self.max_batch_logits else None
         for r in rows:
+            k = scored[r] if scored is not None else 0
             if batch and (len(batch) >= self.batch_size or (
-                    self.max_batch_tokens and (len(batch) + 1) * lengths[batch[0]] > self.max_batch_tokens)):
+                    self.max_batch_tokens and (len(batch) + 1) * lengths[batch[0]] > self.max_batch_tokens) or (
+                    cap and scored is not None and n_logits + k > cap)):
                 yield batch
-                batch = []
+                batch, n_logits = [], 0
             batch.append(r)
+            n_logits += k
         if batch:
             yield batch
 
@@ -278,7 +294,9 @@ class LMScorer:
             plain = self._score_cached(reqs, hosts, members, results)
         row_order = sorted(plain, key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
         lengths = [len(h.inp) for h in hosts]
-        for batch in self._batches(row_order, lengths):
+        scored = [len({p for i in members[h] for p in range(len(reqs[i].inp) - len(reqs[i].cont), len(reqs[i].inp))})
+                  for h in range(len(hosts))]
+        for batch in self._batches(row_order, lengths, scored):
             width = lengths[batch[0]]
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             for b, h in enumerate(batch):
@@ -297,23 +315,43 @@ class LMScorer:
         return results  # type: ignore[return-value]
 
     def _gather(self, logits, spans: list[tuple[int, int, int]], reqs: list[_Req], results: list) -> None:
-        """Score request ``i``'s continuation at ``logits[row, col : col + len(cont)]`` for each ``(row, i, col)``."""
-        rows_idx, cols_idx, targets, sizes = [], [], [], []
+        """Score request ``i``'s continuation at ``logits[row, col : col + len(cont)]`` for each ``(row, i, col)``.
+
+        Long spans (rolling windows) are read through views of the logits, so no copy of a full-vocabulary block is
+        made; short ones (the choices of multiple-choice questions) are gathered into one block. ``is_greedy`` is
+        lm-eval's ``argmax == target`` at every position, computed as "the target's log-prob is the row maximum and
+        no earlier index holds it" (a max reduction instead of an argmax over the vocabulary; the tie check runs only
+        for continuations whose every position reaches the maximum)."""
+        short = [sp for sp in spans if len(reqs[sp[1]].cont) < 64]
         for b, i, c in spans:
+            m = len(reqs[i].cont)
+            if m >= 64:
+                self._score_block(logits[b, c: c + m], [i], [m], reqs, results)
+        if not short:
+            return
+        rows_idx, cols_idx, sizes = [], [], []
+        for b, i, c in short:
             m = len(reqs[i].cont)
             rows_idx += [b] * m
             cols_idx += list(range(c, c + m))
-            targets += reqs[i].cont
             sizes.append(m)
         sel = logits[torch.tensor(rows_idx, device=self.device), torch.tensor(cols_idx, device=self.device)]
-        logp = F.log_softmax(sel, dim=-1, dtype=self.softmax_dtype)
-        tgt = torch.tensor(targets, dtype=torch.long, device=self.device)
+        self._score_block(sel, [i for _, i, _ in short], sizes, reqs, results)
+
+    def _score_block(self, block, owners: list[int], sizes: list[int], reqs: list[_Req], results: list) -> None:
+        logp = F.log_softmax(block, dim=-1, dtype=self.softmax_dtype)
+        tgt = torch.tensor([t for i in owners for t in reqs[i].cont], dtype=torch.long, device=self.device)
         tok_lp = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
-        greedy = logp.argmax(dim=-1) == tgt
+        at_max = tok_lp == logp.amax(dim=-1)
         sums = torch.stack([x.sum() for x in torch.split(tok_lp, sizes)]).tolist()
-        allg = torch.stack([x.all() for x in torch.split(greedy, sizes)]).tolist()
-        for (_, i, _), ll, g in zip(spans, sums, allg):
+        allmax = torch.stack([x.all() for x in torch.split(at_max, sizes)]).tolist()
+        start = 0
+        for i, m, ll, g in zip(owners, sizes, sums, allmax):
+            if g:  # argmax returns the first maximal index: the target must be it
+                rows = logp[start: start + m]
+                g = bool((rows.argmax(dim=-1) == tgt[start: start + m]).all())
             results[i] = (float(ll), bool(g))
+            start += m
 
     def _score_cached(self, reqs: list[_Req], hosts: list[_Req], members: list[list[int]], results: list) -> list[int]:
         """Rows whose requests share the context part of their input (the choices of one question) with other rows:

@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import mirror_dir
@@ -29,9 +30,9 @@ TOL = 1e-5  # absolute, batch size 1 (lm-eval's own setting)
 
 
 def close(a: float, b: float) -> bool:
-    """Batched/shared-prefix scores: 1e-5 absolute, or 2e-7 relative (~2 float32 ulps) for sums of many float32 token log-probs
+    """Batched/shared-prefix scores: 1e-5 absolute, or 2 float32 ulps (~2e-7 relative) for sums of many float32 token log-probs
     (|ll| > 100: one float32 ulp of the sum is already 7.6e-6, and batching moves each token's log-prob ~1e-7)."""
-    return abs(a - b) <= max(TOL, 2e-7 * abs(b))
+    return abs(a - b) <= max(TOL, 2e-7 * abs(b), 2 * float(np.spacing(np.float32(abs(b)))))
 
 
 def _lm_eval_tasks_dir() -> Path:
