@@ -9,6 +9,8 @@ import pytest
 
 for _k, _v in {
     "HF_HUB_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",  # lm-eval's evaluate.load("f1") lookups fail at once instead of after network retries
+    "HF_DATASETS_OFFLINE": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",

@@ -31,8 +31,8 @@ def registered_tiny(mlflow_store, tmp_path):
     d = build_tiny_lm(tmp_path / "tiny", texts, vocab_size=300, max_position_embeddings=256)
     pipe = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(d),
                     tokenizer=AutoTokenizer.from_pretrained(d), device="cpu")
-    mlflow.set_experiment("bilingual_lm")
-    with mlflow.start_run() as run:
+    exp = MlflowClient().create_experiment("bilingual_lm")  # not set_experiment: no active experiment leaks out
+    with mlflow.start_run(experiment_id=exp) as run:
         mlflow.transformers.log_model(transformers_model=pipe, name="model", task="text-generation",
                                       pip_requirements=["transformers"], input_example="Hello")
     c = MlflowClient()
