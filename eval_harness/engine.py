@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,7 +292,12 @@ class LMScorer:
         results: list[tuple[float, bool] | None] = [None] * len(reqs)
         plain = list(range(len(hosts)))
         if self.cache_prefixes and (self.share_prefixes if share_prefixes is None else share_prefixes):
-            plain = self._score_cached(reqs, hosts, members, results)
+            try:
+                plain = self._score_cached(reqs, hosts, members, results)
+            except (TypeError, AttributeError, NotImplementedError) as err:  # a model without a batch-selectable cache
+                warnings.warn(f"{type(self.model).__name__}: no shared-prefix cache ({type(err).__name__}: {err}); "
+                              "every row runs in full", stacklevel=2)
+                self.cache_prefixes = False
         row_order = sorted(plain, key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
         lengths = [len(h.inp) for h in hosts]
         scored = [len({p for i in members[h] for p in range(len(reqs[i].inp) - len(reqs[i].cont), len(reqs[i].inp))})

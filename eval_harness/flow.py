@@ -103,6 +103,9 @@ def eval_lm_flow(params_path: str = "params.yaml", overrides: dict | None = None
                 tracking.client().set_model_version_tag(info["registered_model"], info["version"], "eval_lm.run_id",
                                                         run_id)
             status = "FINISHED"
+        except INTERRUPTS:
+            status = "KILLED"
+            raise
         finally:
             tracking.client().set_terminated(run_id, status=status)
     summary = mlflow_log.summary(out)
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             result = eval_lm_flow(args.params, overrides)
     except INTERRUPTS as err:
         code = 130 if type(err) is KeyboardInterrupt else 143
-        print(f"interrupted: the evaluation run is marked FAILED and nothing half-written is left", file=sys.stderr)
+        print("interrupted: the evaluation run is marked KILLED; the outputs are written whole or not at all",
+              file=sys.stderr)
         return code
     print(json.dumps({"run_id": result["run_id"], "model": result["model"]}, indent=2, default=str))
     return 0

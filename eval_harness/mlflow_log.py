@@ -104,9 +104,15 @@ def resolve_model(model: str, dest: str | Path) -> tuple[Path, dict]:
     info: dict = {"model": model, "source": "mlflow"}
     m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model)
     if m:
+        from mlflow.exceptions import MlflowException
+
         c = tracking.client()
         name, alias, version = m.groups()
-        mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+        try:
+            mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+        except MlflowException as err:
+            raise FileNotFoundError(f"{model}: not in the registry of {mlflow.get_tracking_uri()} "
+                                    f"({err.message}); train and register it first") from None
         info.update(registered_model=name, alias=alias, version=mv.version, run_id=mv.run_id)
         run_tags = c.get_run(mv.run_id).data.tags
         info["kind"] = run_tags.get("kind")

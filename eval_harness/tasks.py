@@ -460,8 +460,9 @@ def build_examples(task: Task, root: Path, num_fewshot: int | None = None, seed:
     if task.output_type in ("tokenizer", "chat"):
         if k:
             raise TaskDataError(f"{task.name}: takes no few-shot examples (num_fewshot={k})")
-        if task.output_type == "chat":
-            return [Example(task.name, i, d, "") for i, d in enumerate(docs)]
+        if task.output_type == "chat":  # the prompt hash covers the questions' turns
+            return [Example(task.name, i, d, "", text=json.dumps(d["turns"], ensure_ascii=False))
+                    for i, d in enumerate(docs)]
         return [Example(task.name, i, d, "", text=d["set"]) for i, d in enumerate(docs)]
     if task.output_type == "loglikelihood_rolling":
         if k:

@@ -84,6 +84,13 @@ def test_eval_lm_flow_logs_a_run_and_writes_the_dvc_outputs(prefect_harness, reg
     assert len(recs) == 1000 and json.loads(recs[0])["choices"]
 
 
+def test_an_unregistered_model_is_a_clear_error(mlflow_store, tmp_path):
+    from eval_harness.mlflow_log import resolve_model
+
+    with pytest.raises(FileNotFoundError, match=r"models:/bilingual_lm@champion: not in the registry of sqlite"):
+        resolve_model("models:/bilingual_lm@champion", tmp_path / "m")
+
+
 def test_bad_config_fails_before_any_work(tmp_path):
     from data.config import ConfigError
     from eval_harness.flow import load_config, main

@@ -225,3 +225,17 @@ def test_click_categories_match_lm_eval_filters():
                      "click_cul_tradition": 222, "click_lang_text": 285, "click_lang_grammar": 233,
                      "click_lang_function": 132}
     assert len(TASKS["wikitext"].docs(mirror_dir("english_corpus").parent)) == 62
+
+
+def test_a_model_without_a_selectable_cache_falls_back_to_full_rows(tiny, monkeypatch):
+    pairs = [("The quick brown fox", " jumps"), ("The quick brown fox", " sleeps all day")]
+    want = LMScorer.from_pretrained(tiny, batch_size=1, share_prefixes=False).loglikelihood(pairs)
+    s = LMScorer.from_pretrained(tiny, batch_size=8)
+
+    def broken(*a, **k):
+        raise AttributeError("'Cache' object has no attribute 'batch_select_indices'")
+
+    monkeypatch.setattr(s, "_cached_batch", broken)
+    with pytest.warns(UserWarning, match="no shared-prefix cache"):
+        got = s.loglikelihood(pairs)
+    assert [a for a, _ in got] == pytest.approx([a for a, _ in want], abs=1e-5) and s.cache_prefixes is False
