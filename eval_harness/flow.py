@@ -109,7 +109,8 @@ def eval_lm_flow(params_path: str = "params.yaml", overrides: dict | None = None
         finally:
             tracking.client().set_terminated(run_id, status=status)
     summary = mlflow_log.summary(out)
-    summary["model"] = {k: v for k, v in info.items() if k not in ("run_id",)}
+    # no run id and no version number: both depend on the store (what else was registered first), not on the model
+    summary["model"] = {k: v for k, v in info.items() if k not in ("run_id", "version")}
     tracking.atomic_write_json(Path(cfg.metrics), summary)
     chart = Path(cfg.out_dir) / "results_bar.png"
     if chart.is_file():

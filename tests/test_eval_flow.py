@@ -77,7 +77,7 @@ def test_eval_lm_flow_logs_a_run_and_writes_the_dvc_outputs(prefect_harness, reg
     assert mv.tags["eval_lm.run_id"] == res["run_id"]
 
     written = json.loads((tmp_path / "metrics" / "eval_lm.json").read_text())
-    assert written["results"]["kobest_copa"]["acc"] == copa["acc"] and "run_id" not in written["model"]
+    assert written["results"]["kobest_copa"]["acc"] == copa["acc"] and not {"run_id", "version"} & set(written["model"])
     assert written["config"]["limit"] == {"kobest_copa": None, "humaneval": 2}
     assert (tmp_path / "plots" / "eval_lm.png").read_bytes()[:4] == b"\x89PNG"
     recs = (tmp_path / "out" / "samples_kobest_copa.jsonl").read_text().splitlines()
