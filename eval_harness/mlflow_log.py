@@ -73,7 +73,7 @@ def bar_chart(out: dict, path: str | Path) -> Path | None:
     metrics = list(dict.fromkeys(m for _, m, _ in rows))
     heights = [sum(1 for _, m2, _ in rows if m2 == m) for m in metrics]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 1.2 + 0.28 * sum(heights) + 0.6 * len(metrics)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+                             gridspec_kw={"height_ratios": heights}, squeeze=False, constrained_layout=True)
     for ax, m in zip(axes[:, 0], metrics):
         sel = [(n, v) for n, m2, v in rows if m2 == m]
         names, vals = [n for n, _ in sel], [v for _, v in sel]
@@ -87,7 +87,11 @@ def bar_chart(out: dict, path: str | Path) -> Path | None:
         if m in ("acc", "pass@1") or m.startswith("exact_match"):
             ax.set_xlim(0, 1.05)
     c = out["config"]
-    fig.suptitle(f"{Path(c['model']).name or c['model']}  (dtype {c['dtype']}, limit {c['limit']})", fontsize=9)
+    limit = c["limit"]
+    if isinstance(limit, dict):
+        limited = sorted({v for v in limit.values() if v is not None})
+        limit = "none" if not limited else f"{', '.join(map(str, limited))} docs on some tasks"
+    fig.suptitle(f"{Path(c['model']).name or c['model']}  (dtype {c['dtype']}, limit: {limit})", fontsize=9)
     return save_figure(fig, path)
 
 
