@@ -182,14 +182,10 @@ def _bench_file(root: str | Path, name: str) -> Path:
 
 def _read_jsonl(task: str, path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a BOM is dropped (LogicKor reads ``utf-8-sig``)."""
-    if not path.is_file():
-        raise TaskDataError(f"{task}: {path}: file not found (run the download stage, or pass the mirror root)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise TaskDataError(f"{task}: {path}: not valid UTF-8 at byte {err.start}") from None
+    from eval_harness.data import _read_text  # missing file, UTF-8, CRLF and BOM handled as for every task
+
     rows = []
-    for lineno, line in enumerate(text.lstrip("\ufeff").split("\n"), start=1):
+    for lineno, line in enumerate(_read_text(task, path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -328,10 +324,9 @@ def load_questions(bench: str, root: str | Path, *, with_references: bool = True
 # ============================================================================================== answer generation
 def tokenizer_sha256(model_path: str | Path | None) -> str | None:
     """sha256 of ``<model_path>/tokenizer.json`` (``None`` when there is no such file)."""
-    if model_path is None:
-        return None
-    p = Path(model_path) / "tokenizer.json"
-    return _sha256(p) if p.is_file() else None
+    from eval_harness.evaluate import tokenizer_hash
+
+    return None if model_path is None else tokenizer_hash(Path(model_path))
 
 
 def _model_name(model, tokenizer, model_path) -> str:

@@ -300,8 +300,8 @@ class LMScorer:
                 self.cache_prefixes = False
         row_order = sorted(plain, key=lambda h: (-len(hosts[h].inp), tuple(hosts[h].inp)))
         lengths = [len(h.inp) for h in hosts]
-        scored = [len({p for i in members[h] for p in range(len(reqs[i].inp) - len(reqs[i].cont), len(reqs[i].inp))})
-                  for h in range(len(hosts))]
+        # a row's members share one prefix length and the row is the longest of them: it scores from there to its end
+        scored = [len(r.inp) - (len(reqs[members[h][0]].inp) - len(reqs[members[h][0]].cont)) for h, r in enumerate(hosts)]
         for batch in self._batches(row_order, lengths, scored):
             width = lengths[batch[0]]
             ids = torch.zeros((len(batch), width), dtype=torch.long)
