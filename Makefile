@@ -17,7 +17,7 @@ ifneq ($(strip $(DATA_MIRROR)),)
 export DATA_MIRROR := $(abspath $(DATA_MIRROR))
 endif
 
-.PHONY: help venv run test test-fast repro deploy serve melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
+.PHONY: help venv run test test-fast repro deploy serve services services-stop remote push pull verify-cache melu-table melu-bench seqrec-bench dissan-table dissan-bench egtr-bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -77,3 +77,21 @@ egtr-bench: venv ## EGTR params and images/s at 600x1000, batch 1: detector alon
 
 clean: ## remove local runs, checkpoints and outputs (not the DVC cache)
 	rm -rf mlflow.db mlruns checkpoints outputs
+
+services: venv ## start the server stack in .services/: PostgreSQL, S3 (moto_server unless MLFLOW_S3_ENDPOINT_URL), MLflow and Prefect servers, a worker on pool gpu
+	$(PY) -m services.stack start
+
+services-stop: ## stop the server stack (no process is left behind)
+	$(PY) -m services.stack stop
+
+remote: venv ## make the S3 remote `storage` DVC's default (.dvc/config.local; DVC_REMOTE_URL, AWS_ENDPOINT_URL_S3)
+	$(PY) -m services.dvc_remote configure
+
+push: venv ## dvc push: every cached stage output to the remote
+	$(PY) -m services.dvc_remote push
+
+pull: venv ## dvc pull: a fresh clone gets the results (then `dvc repro` runs no stage)
+	dvc pull
+
+verify-cache: venv ## re-hash the local DVC cache; corrupted objects (and files checked out from them) are fetched again
+	$(PY) -m services.dvc_remote verify --repair

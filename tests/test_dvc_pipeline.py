@@ -190,3 +190,82 @@ def test_readme_commands_run(trained_copy, tmp_path):
     assert {"dvc metrics show", "curl -s 127.0.0.1:5001/invocations", "python -m models.egtr.infer --model models:/egtr@champion_synthetic",
             "make serve MODEL=models:/dissan@champion_sick PORT=5003", "mlflow ui --backend-store-uri sqlite:///mlflow.db"} <= set(ran)
     assert (work / "sg" / f"{first_test_image.stem}.json").is_file()
+
+
+def test_dvc_remote_push_then_a_fresh_clone_pulls_and_repro_runs_nothing(trained_copy, tmp_path):
+    """The README's DVC remote on moto_server (S3 on 127.0.0.1): `make remote` + `make push` in the trained copy; a
+    fresh clone (no cache) with `make remote` + `dvc pull` gets the results and `dvc repro` runs no stage; a
+    corrupted cache object (which DVC itself checks out unnoticed) is found by `make verify-cache` and fetched again."""
+    import hashlib
+    import signal
+    import time
+    import urllib.request
+
+    import boto3
+
+    from tests.conftest import free_port
+
+    work, env, _ = trained_copy
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": endpoint, "DVC_REMOTE_URL": "s3://paperflows-test/dvc", "VENV": str(REPO / ".venv")}
+    log = open(tmp_path / "moto.log", "w")
+    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                assert moto.poll() is None and time.time() < deadline, (tmp_path / "moto.log").read_text()[-2000:]
+                time.sleep(0.5)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="paperflows-test")
+        run = lambda cwd, *a: subprocess.run(list(a), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)  # noqa: E731
+        if run(work, "git", "status", "--porcelain").stdout.strip():
+            assert run(work, "git", "add", "-A").returncode == 0
+            assert run(work, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run").returncode == 0
+        for target in ("remote", "push"):
+            r = run(work, "make", target)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "pushed" in r.stdout, r.stdout[-2000:]
+        assert "storage" in (work / ".dvc" / "config.local").read_text()
+        assert "storage" not in (work / ".dvc" / "config").read_text()  # never committed: CI clones have no remote
+
+        clone = tmp_path / "clone"
+        assert run(tmp_path, "git", "clone", "-q", str(work), str(clone)).returncode == 0
+        assert not (clone / ".dvc" / "cache").exists()
+        t0 = time.monotonic()
+        assert run(clone, "make", "remote").returncode == 0
+        pulled = run(clone, "dvc", "pull", "--with-deps", *TARGETS)  # the copy trained (and pushed) these stages only
+        assert pulled.returncode == 0, pulled.stdout[-3000:] + pulled.stderr[-3000:]
+        again = run(clone, "dvc", "repro", *TARGETS)
+        print(f"\nfresh clone: dvc pull + dvc repro in {time.monotonic() - t0:.1f} s")
+        assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]
+        weights = clone / "outputs" / "melu" / "model" / "model.pt"
+        card = json.loads((clone / "outputs" / "melu" / "model" / "model.json").read_text())
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["weights_sha256"]
+
+        # corrupt the cached weights object (read-only, as DVC leaves it) and check it out: DVC does not notice
+        md5 = hashlib.md5(weights.read_bytes()).hexdigest()
+        obj = clone / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+        obj.chmod(0o644)
+        obj.write_bytes(b"bit rot")
+        obj.chmod(0o444)
+        weights.unlink()
+        assert run(clone, "dvc", "checkout", TARGETS[0]).returncode == 0
+        assert weights.read_bytes() == b"bit rot"
+        assert "up to date" in run(clone, "dvc", "status", TARGETS[0]).stdout  # ...and calls it up to date
+        found = run(clone, sys.executable, "-m", "services.dvc_remote", "verify")
+        assert found.returncode == 1 and md5 in found.stdout, found.stdout + found.stderr
+        repaired = run(clone, "make", "verify-cache")
+        assert repaired.returncode == 0, repaired.stdout[-3000:] + repaired.stderr[-3000:]
+        assert hashlib.md5(weights.read_bytes()).hexdigest() == md5 and hashlib.md5(obj.read_bytes()).hexdigest() == md5
+        assert "Running stage" not in run(clone, "dvc", "repro", *TARGETS).stdout
+    finally:
+        os.killpg(moto.pid, signal.SIGTERM)
+        moto.wait(timeout=30)
+        log.close()
