@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a key of the eval_lm section, e.g. generation_limit=5")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    from models.common.tracking import TrackingStoreError
+
     try:
         load_config(args.params, overrides)
-    except ConfigError as err:
+        configure_environment()  # and a server tracking store answers
+    except (ConfigError, TrackingStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    configure_environment()
     from flows.runtime import interrupts_raise, prefect_server
 
     try:

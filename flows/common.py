@@ -24,8 +24,11 @@ INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
 
 
 def configure_environment() -> None:
-    """Embedded defaults for command-line runs: local SQLite MLflow, ephemeral Prefect, no telemetry."""
+    """Embedded defaults for command-line runs: local SQLite MLflow, ephemeral Prefect, no telemetry. A server
+    tracking store (``postgresql://``, ``http(s)://``) must answer first: :class:`tracking.TrackingStoreError`
+    names the URI (no password) instead of a traceback minutes into the run."""
     tracking.ensure_tracking_env()
+    tracking.check_tracking_store()
     for key, value in {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -113,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     overrides = spec.variant(getattr(args, "variant", None)) | parse_overrides(args.overrides)
     from data.config import ConfigError
+    from models.common.tracking import TrackingStoreError
 
     try:
         spec.load_config(args.params, overrides)
-    except ConfigError as err:
+        configure_environment()  # and a server tracking store answers
+    except (ConfigError, TrackingStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    configure_environment()
     from flows.runtime import interrupts_raise, prefect_server
 
     try:

@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", default=".")
     ap.add_argument("stages", nargs="*", help="train stages to check, by name or DVC address (default: every train stage)")
     args = ap.parse_args(argv)
-    configure_environment()
+    from models.common.tracking import TrackingStoreError
+
+    try:
+        configure_environment()
+    except TrackingStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rows = check(args.repo, args.stages)
     if args.repair and failing(rows):
         for r in failing(rows):

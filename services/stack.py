@@ -42,6 +42,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from models.common.tracking import redact
+
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 PG_USER = "paperflows"
@@ -310,17 +312,6 @@ def stop_postgres(state: State) -> None:
         return
     subprocess.run(_as_user(pg.get("run_as"), [_pg_bin("pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "-t", "60",
                                                 "stop"]), capture_output=True, text=True, cwd="/")
-
-
-def redact(uri: str) -> str:
-    """``postgresql://user:***@host:port/db``: a URI fit for an error message."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 # ------------------------------------------------------------------------------------------------------ the stack

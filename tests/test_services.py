@@ -226,3 +226,17 @@ def test_env_and_stop_without_a_stack(tmp_path, capsys):
     assert stack.stop(tmp_path) == {} and stack.status(tmp_path) == {}
     assert stack.main(["env", "--root", str(tmp_path)]) == 1
     assert "no stack runs from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["postgresql://paperflows:s3cret@127.0.0.1:{port}/mlflow", "http://127.0.0.1:{port}"])
+def test_a_flow_against_an_unreachable_server_store_stops_at_once_naming_the_uri(uri):
+    """PostgreSQL (or the tracking server) down at the start: exit 2 with the URI (password hidden), before any run."""
+    uri = uri.format(port=free_port())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "flows.model", "melu", "--no-register"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    shown = uri.replace(":s3cret@", ":***@")
+    assert f"error: MLFLOW_TRACKING_URI={shown}: " in r.stderr and "s3cret" not in r.stderr + r.stdout, r.stderr
+    assert "Traceback" not in r.stderr and time.monotonic() - t < 60

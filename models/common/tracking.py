@@ -30,6 +30,46 @@ def ensure_tracking_env() -> str:
     return os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+class TrackingStoreError(RuntimeError):
+    """The tracking store of ``MLFLOW_TRACKING_URI`` cannot be reached (the message names the URI, no password)."""
+
+
+def redact(uri: str) -> str:
+    """``postgresql://user:***@host:port/db``: a URI fit for a message or a log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def check_tracking_store(uri: str | None = None, timeout: float = 10.0) -> None:
+    """Fail fast, before a run starts, when a server store is down: a ``postgresql`` store must accept a connection
+    and an ``http(s)`` tracking server must answer ``/health`` within ``timeout`` seconds. Local stores pass."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme == "postgresql":
+        import psycopg
+
+        try:
+            psycopg.connect("postgresql://" + uri.split("://", 1)[1], connect_timeout=max(1, int(timeout))).close()
+        except psycopg.Error as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrackingStoreError(f"MLFLOW_TRACKING_URI={redact(uri)}: cannot connect to PostgreSQL: {first}") from None
+    elif scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+        except OSError as err:
+            raise TrackingStoreError(f"MLFLOW_TRACKING_URI={redact(uri)}: the tracking server does not answer on "
+                                     f"/health: {err}") from None
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive within the block are delivered at its end, to the handlers installed before it.
