@@ -21,8 +21,8 @@ a process worker on the ``gpu`` pool. Every server binds 127.0.0.1; every port i
 Each process runs in a session of its own with its output in ``<root>/logs/<name>.log``; ``<root>/stack.json`` records
 what runs (written after each start, so ``stop`` also cleans up after a start that failed half way). A component that
 does not become healthy stops the start: what was started is stopped again and the error names the component, its
-address and the end of its log. ``stop`` sends SIGTERM to each process group in reverse order (SIGKILL after
-``--stop-timeout``) and stops PostgreSQL with ``pg_ctl stop -m fast``; it leaves no process behind.
+address and the end of its log. ``stop`` sends SIGTERM to each process group in reverse order (then SIGINT after
+``--stop-timeout``, SIGKILL 30 s later) and stops PostgreSQL with ``pg_ctl stop -m fast``; it leaves no process behind.
 """
 
 from __future__ import annotations
@@ -180,16 +180,18 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop_group(pgid: int, timeout: float) -> bool:
-    """SIGTERM to the process group, SIGKILL after ``timeout``; True if it had to be killed."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
+    """SIGTERM to the process group; after ``timeout`` a SIGINT (a second interrupt is Prefect's "force": a worker
+    under load was seen to stall in its graceful shutdown), SIGKILL 30 s later. True if it had to be killed."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGINT, 30.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
             return False
-        time.sleep(0.2)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return False
+            time.sleep(0.2)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -333,10 +335,39 @@ def ensure_bucket(endpoint: str, bucket: str, env: dict) -> None:
         raise StackError(f"s3: bucket {bucket!r} at {endpoint}: {err}") from None
 
 
-def _track(state: State, s: Settings, name: str, proc: subprocess.Popen, cmd: list[str], url: str) -> None:
-    state.processes[name] = {"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "url": url,
+def _track(state: State, s: Settings, name: str, proc: subprocess.Popen, cmd: list[str], url: str, env: dict,
+           health: str, cwd: Path | None = None) -> None:
+    """Record a started process with what :func:`restart` needs to start it again: its command, working folder,
+    the environment variables the stack set or removed for it (stack.json is mode 0600), and its health check."""
+    state.processes[name] = {"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "url": url, "health": health,
+                             "cwd": str(cwd) if cwd else None,
+                             "env": {k: v for k, v in env.items() if os.environ.get(k) != v},
+                             "unset": sorted(k for k in os.environ if k not in env),
                              "log": str(s.root.resolve() / "logs" / f"{name}.log")}
     state.save(s.root)
+
+
+def _healthy(p: dict) -> bool:
+    kind, _, arg = p["health"].partition(" ")
+    return _worker_online(p["url"], arg) if kind == "worker" else _http_ok(arg)
+
+
+def restart(root: Path, name: str, timeout: float = 180.0) -> float:
+    """Stop one process of the stack (SIGTERM to its group) and start it again as it was started; returns the
+    seconds until it is healthy again (the tests restart the tracking server in the middle of a run)."""
+    state = State.load(root)
+    if state is None or name not in state.processes:
+        raise StackError(f"{name}: not a process of the stack in {root.resolve()}")
+    p = state.processes[name]
+    t0 = time.monotonic()
+    stop_group(p["pgid"], timeout)
+    env = {k: v for k, v in os.environ.items() if k not in p["unset"]} | p["env"]
+    logs = Path(p["log"]).parent
+    proc = _spawn(name, p["cmd"], env, logs, cwd=Path(p["cwd"]) if p["cwd"] else None)
+    p.update(pid=proc.pid, pgid=proc.pid)
+    state.save(root)
+    _wait(name, lambda: _healthy(p), proc, Path(p["log"]), timeout, "healthy again")
+    return time.monotonic() - t0
 
 
 def start(s: Settings) -> State:
@@ -367,20 +398,22 @@ def start(s: Settings) -> State:
             env.update(MOTO_CREDENTIALS)
             cmd = [_bin("moto_server"), "-H", HOST, "-p", str(s.s3_port)]
             proc = _spawn("moto_server", cmd, env, logs)
-            _track(state, s, "moto_server", proc, cmd, endpoint)
+            _track(state, s, "moto_server", proc, cmd, endpoint, env, f"http {endpoint}/moto-api/")
             _wait("moto_server", lambda: _http_ok(f"{endpoint}/moto-api/"), proc, logs / "moto_server.log",
                   s.start_timeout, "answering")
         aws = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION") if k in env}
         ensure_bucket(endpoint, s.bucket, aws)
         timings["s3"] = time.monotonic() - t0 - sum(timings.values())
-        state.env.update({"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint, **aws})
+        # moto's fixed test credentials are exported; a real store's stay where the user keeps them
+        state.env.update({"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint,
+                          **({} if s.s3_endpoint else aws)})
         env.update({"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint})
 
         mlflow_url = f"http://{HOST}:{s.mlflow_port}"
         cmd = [_bin("mlflow"), "server", "--backend-store-uri", f"{base}/mlflow", "--artifacts-destination",
                f"s3://{s.bucket}/mlflow", "--host", HOST, "--port", str(s.mlflow_port), "--workers", "1"]
         proc = _spawn("mlflow", cmd, env, logs)
-        _track(state, s, "mlflow", proc, [c if "postgresql" not in c else redact(c) for c in cmd], mlflow_url)
+        _track(state, s, "mlflow", proc, cmd, mlflow_url, env, f"http {mlflow_url}/health")
         _wait("mlflow", lambda: _http_ok(f"{mlflow_url}/health"), proc, logs / "mlflow.log", s.start_timeout,
               f"answering on {mlflow_url}/health")
         timings["mlflow"] = time.monotonic() - t0 - sum(timings.values())
@@ -393,7 +426,7 @@ def start(s: Settings) -> State:
         penv.pop("PREFECT_API_URL", None)
         cmd = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(s.prefect_port)]
         proc = _spawn("prefect", cmd, penv, logs)
-        _track(state, s, "prefect", proc, cmd, prefect_api)
+        _track(state, s, "prefect", proc, cmd, prefect_api, penv, f"http {prefect_api}/health")
         _wait("prefect", lambda: _http_ok(f"{prefect_api}/health"), proc, logs / "prefect.log", s.start_timeout,
               f"answering on {prefect_api}/health")
         timings["prefect"] = time.monotonic() - t0 - sum(timings.values())
@@ -409,7 +442,7 @@ def start(s: Settings) -> State:
                     raise StackError(f"prefect: work-pool create {s.pool} failed:\n{(r.stdout + r.stderr)[-2000:]}")
             cmd = [_bin("prefect"), "worker", "start", "--pool", s.pool, "--type", "process"]
             proc = _spawn("worker", cmd, wenv, logs, cwd=REPO)
-            _track(state, s, "worker", proc, cmd, prefect_api)
+            _track(state, s, "worker", proc, cmd, prefect_api, wenv, f"worker {s.pool}", cwd=REPO)
             _wait("worker", lambda: _worker_online(prefect_api, s.pool), proc, logs / "worker.log", s.start_timeout,
                   f"online in pool {s.pool!r}")
             timings["worker"] = time.monotonic() - t0 - sum(timings.values())

@@ -57,8 +57,9 @@ def running_stack():
         print(f"\nstack: started in {start_s:.1f} s ({state.settings['start_seconds']}), stopped in "
               f"{time.monotonic() - t:.1f} s: " + ", ".join(f"{k} {v}" for k, v in stopped.items()))
         try:
-            assert stopped == {"worker": "stopped", "prefect": "stopped", "mlflow": "stopped",
-                               "moto_server": "stopped", "postgres": "stopped"}
+            # every process ends; "killed" (SIGKILL after SIGTERM and a second interrupt) is reported, not hidden
+            assert set(stopped) == {"worker", "prefect", "mlflow", "moto_server", "postgres"}
+            assert set(stopped.values()) <= {"stopped", "killed"} and stopped["postgres"] == "stopped", stopped
             assert not any(stack._group_alive(p["pgid"]) for p in state.processes.values())
             assert not (Path(state.postgres["data"]) / "postmaster.pid").exists()
             for port in (s.pg_port, s.s3_port, s.mlflow_port, s.prefect_port):
@@ -192,9 +193,18 @@ def test_two_processes_promoting_at_once_leave_exactly_one_champion_the_best(run
     print(f"\n{store}: {rounds} rounds of two simultaneous promotions, one champion (the best) every time; "
           f"{elapsed:.1f} s")
     bad = _race(env, f"nolock-{store}", control, 1.5, "--no-lock")
-    wrong = sum(str(client.get_model_version_by_alias(f"nolock-{store}-{i}", "champion").version) !=
-                max((r for r in bad if r["round"] == i), key=lambda r: r["value"])["version"] for i in range(control))
-    assert wrong == control  # the race is real: without the lock the lower value wins every round
+    broken = 0
+    for i in range(control):  # the race is real: without the lock every round ends wrong or in an error
+        both = [r for r in bad if r["round"] == i]
+        best = max(both, key=lambda r: r["value"])["version"]
+        try:
+            wrong = str(client.get_model_version_by_alias(f"nolock-{store}-{i}", "champion").version) != best
+        except Exception:  # noqa: BLE001 - no champion at all
+            wrong = True
+        broken += wrong or any("error" in r for r in both)
+    print(f"{store}, no lock: {broken} of {control} rounds wrong or failed "
+          f"({sum('error' in r for r in bad)} promotions failed)")
+    assert broken == control
 
 
 def test_a_port_in_use_stops_the_start_before_anything_runs():
@@ -240,3 +250,106 @@ def test_a_flow_against_an_unreachable_server_store_stops_at_once_naming_the_uri
     shown = uri.replace(":s3cret@", ":***@")
     assert f"error: MLFLOW_TRACKING_URI={shown}: " in r.stderr and "s3cret" not in r.stderr + r.stdout, r.stderr
     assert "Traceback" not in r.stderr and time.monotonic() - t < 60
+
+
+def _tiny_melu_params(root: Path, name: str, epochs: int) -> tuple[Path, Path]:
+    """A params file whose MeLU section trains the tiny set for ``epochs`` epochs; (params file, checkpoint folder)."""
+    from models import catalog
+
+    melu = catalog.get("melu")
+    cfg = melu.tiny(root / name)
+    cfg["train"]["epochs"] = epochs
+    params = root / name / "params.yaml"
+    params.write_text(yaml.safe_dump({melu.section: cfg}))
+    return params, Path(cfg["train"]["checkpoint_dir"])
+
+
+def _start_deployment(env: dict, params: Path) -> str:
+    """Trigger the MeLU deployment (no waiting); its flow-run id."""
+    r = subprocess.run([str(BIN / "prefect"), "deployment", "run", "model/melu", "--param", f"params_path={params}",
+                        "--param", "sync_data=false"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import re
+
+    return re.search(r"UUID: ([0-9a-f-]{36})", r.stdout).group(1)
+
+
+def _flow_run_state(env: dict, flow_run_id: str) -> str:
+    got = json.loads(urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10).read())
+    return got["state_type"]
+
+
+def _wait_for(what: str, check, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _epochs_saved(ckpt: Path) -> int:
+    """The newest epoch checkpoint's number (the loop keeps the last two)."""
+    found = [int(p.stem.split("-")[1]) for p in ckpt.rglob("epoch-*.pt")] if ckpt.exists() else []
+    return max(found, default=0)
+
+
+@pytest.mark.slow
+def test_the_tracking_server_restarted_during_a_run_the_flow_completes_with_one_version(running_stack):
+    """The MLflow server is stopped and started again while the deployment trains: the flow's MLflow calls retry,
+    the run finishes, and its model is registered once."""
+    from mlflow import MlflowClient
+
+    root, env = running_stack["root"], running_stack["env"]
+    params, ckpt = _tiny_melu_params(root, "restart_mlflow", epochs=40)
+    flow_run = _start_deployment(env, params)
+    _wait_for("the first epoch checkpoint", lambda: _epochs_saved(ckpt) >= 1, 300)
+    down = stack.restart(root, "mlflow")
+    assert _epochs_saved(ckpt) < 40  # the restart happened in the middle of the training
+    state = _wait_for("the flow run to end", lambda: (s := _flow_run_state(env, flow_run)) in
+                      ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and s, 600)
+    print(f"\ntracking server restarted ({down:.1f} s until healthy) during the run; flow run {state}")
+    assert state == "COMPLETED", (root / "logs" / "worker.log").read_text()[-4000:]
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("melu").experiment_id],
+                              filter_string=f"tags.`prefect.flow_run_id` = '{flow_run}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    versions = [v for v in client.search_model_versions("name='melu'") if v.run_id == runs[0].info.run_id]
+    assert len(versions) == 1, versions
+    shutil.rmtree(REPO / "outputs" / "melu" / runs[0].info.run_id, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_worker_killed_mid_training_the_rerun_resumes_from_the_checkpoint(running_stack):
+    """kill -9 of the worker and of the flow run it started (a machine lost in the middle of an epoch loop); the
+    worker comes back, the deployment runs again on the same config and resumes from the last epoch checkpoint."""
+    import signal
+
+    root, env = running_stack["root"], running_stack["env"]
+    params, ckpt = _tiny_melu_params(root, "kill_worker", epochs=40)
+    flow_run = _start_deployment(env, params)
+    _wait_for("two epoch checkpoints", lambda: _epochs_saved(ckpt) >= 2, 300)
+    worker = stack.State.load(root).processes["worker"]
+    os.killpg(worker["pgid"], signal.SIGKILL)
+    for pid in os.listdir("/proc"):  # the flow run's own process (the process worker starts it in a new session)
+        try:
+            if f"PREFECT__FLOW_RUN_ID={flow_run}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    killed_at = _epochs_saved(ckpt)
+    assert 2 <= killed_at < 40
+    log = root / "logs" / "worker.log"
+    before = len(log.read_bytes())
+    stack.restart(root, "worker")
+    again = _start_deployment(env, params)
+    state = _wait_for("the second flow run to end", lambda: (s := _flow_run_state(env, again)) in
+                      ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and s, 600)
+    text = log.read_bytes()[before:].decode(errors="replace")
+    assert state == "COMPLETED", text[-4000:]
+    resumed = [ln for ln in text.splitlines() if "resuming from" in ln]
+    assert resumed and "of 40 epochs done" in resumed[0], text[-4000:]
+    done = int(resumed[0].split(": ")[-1].split(" of ")[0])
+    print(f"\nworker killed after {killed_at} epoch checkpoints; the rerun resumed with {done} of 40 epochs done")
+    assert done >= killed_at and _epochs_saved(ckpt) == 40
