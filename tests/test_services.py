@@ -33,7 +33,7 @@ def _stack_root() -> Path:
 
 def _settings(root: Path, **kw) -> stack.Settings:
     return stack.Settings(root=root, pg_port=free_port(), s3_port=free_port(), mlflow_port=free_port(),
-                          prefect_port=free_port(), start_timeout=240, stop_timeout=90, **kw)
+                          prefect_port=free_port(), start_timeout=240, stop_timeout=30, **kw)
 
 
 @pytest.fixture(scope="module")
