@@ -76,11 +76,8 @@ def cache_dir(repo: Path) -> Path:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def bad_objects(cache: Path) -> dict[str, Path]:

@@ -76,7 +76,7 @@ class Settings:
 class State:
     settings: dict
     postgres: dict = field(default_factory=dict)  # {"data": dir, "run_as": user|None, "uri": base uri, "local": bool}
-    processes: dict = field(default_factory=dict)  # name -> {"pid", "pgid", "cmd", "log", "url"}
+    processes: dict = field(default_factory=dict)  # name -> what _track records
     env: dict = field(default_factory=dict)  # what `env` prints
 
     def save(self, root: Path) -> None:
@@ -140,11 +140,9 @@ def _tail(path: Path, n: int = 2500) -> str:
         return "(no log)"
 
 
-def _http_ok(url: str, data: bytes | None = None) -> bool:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(req, timeout=3) as r:
+        with urllib.request.urlopen(url, timeout=3) as r:
             return 200 <= r.status < 300
     except (OSError, urllib.error.HTTPError):
         return False
@@ -347,6 +345,17 @@ def _track(state: State, s: Settings, name: str, proc: subprocess.Popen, cmd: li
     state.save(s.root)
 
 
+def _launch(state: State, s: Settings, name: str, cmd: list[str], env: dict, url: str, health: str, what: str,
+            cwd: Path | None = None) -> float:
+    """Start one process of the stack, record it, wait until its health check passes; returns the seconds taken."""
+    t = time.monotonic()
+    proc = _spawn(name, cmd, env, s.root.resolve() / "logs", cwd=cwd)
+    _track(state, s, name, proc, cmd, url, env, health, cwd=cwd)
+    p = state.processes[name]
+    _wait(name, lambda: _healthy(p), proc, Path(p["log"]), s.start_timeout, what)
+    return time.monotonic() - t
+
+
 def _healthy(p: dict) -> bool:
     kind, _, arg = p["health"].partition(" ")
     return _worker_online(p["url"], arg) if kind == "worker" else _http_ok(arg)
@@ -362,8 +371,7 @@ def restart(root: Path, name: str, timeout: float = 180.0) -> float:
     t0 = time.monotonic()
     stop_group(p["pgid"], timeout)
     env = {k: v for k, v in os.environ.items() if k not in p["unset"]} | p["env"]
-    logs = Path(p["log"]).parent
-    proc = _spawn(name, p["cmd"], env, logs, cwd=Path(p["cwd"]) if p["cwd"] else None)
+    proc = _spawn(name, p["cmd"], env, Path(p["log"]).parent, cwd=Path(p["cwd"]) if p["cwd"] else None)
     p.update(pid=proc.pid, pgid=proc.pid)
     state.save(root)
     _wait(name, lambda: _healthy(p), proc, Path(p["log"]), timeout, "healthy again")
@@ -378,7 +386,6 @@ def start(s: Settings) -> State:
         raise StackError(f"a stack already runs from {s.root.resolve()} (python -m services.stack stop --root {s.root})")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
     state = State(settings=settings)
-    logs = s.root.resolve() / "logs"
     for name, port, wanted in (("moto_server", s.s3_port, not s.s3_endpoint), ("mlflow", s.mlflow_port, True),
                                ("prefect", s.prefect_port, True)):
         if wanted:
@@ -396,11 +403,8 @@ def start(s: Settings) -> State:
         else:
             endpoint = f"http://{HOST}:{s.s3_port}"
             env.update(MOTO_CREDENTIALS)
-            cmd = [_bin("moto_server"), "-H", HOST, "-p", str(s.s3_port)]
-            proc = _spawn("moto_server", cmd, env, logs)
-            _track(state, s, "moto_server", proc, cmd, endpoint, env, f"http {endpoint}/moto-api/")
-            _wait("moto_server", lambda: _http_ok(f"{endpoint}/moto-api/"), proc, logs / "moto_server.log",
-                  s.start_timeout, "answering")
+            _launch(state, s, "moto_server", [_bin("moto_server"), "-H", HOST, "-p", str(s.s3_port)], env, endpoint,
+                    f"http {endpoint}/moto-api/", "answering")
         aws = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION") if k in env}
         ensure_bucket(endpoint, s.bucket, aws)
         timings["s3"] = time.monotonic() - t0 - sum(timings.values())
@@ -412,11 +416,8 @@ def start(s: Settings) -> State:
         mlflow_url = f"http://{HOST}:{s.mlflow_port}"
         cmd = [_bin("mlflow"), "server", "--backend-store-uri", f"{base}/mlflow", "--artifacts-destination",
                f"s3://{s.bucket}/mlflow", "--host", HOST, "--port", str(s.mlflow_port), "--workers", "1"]
-        proc = _spawn("mlflow", cmd, env, logs)
-        _track(state, s, "mlflow", proc, cmd, mlflow_url, env, f"http {mlflow_url}/health")
-        _wait("mlflow", lambda: _http_ok(f"{mlflow_url}/health"), proc, logs / "mlflow.log", s.start_timeout,
-              f"answering on {mlflow_url}/health")
-        timings["mlflow"] = time.monotonic() - t0 - sum(timings.values())
+        timings["mlflow"] = _launch(state, s, "mlflow", cmd, env, mlflow_url, f"http {mlflow_url}/health",
+                                    f"answering on {mlflow_url}/health")
         state.env["MLFLOW_TRACKING_URI"] = mlflow_url
 
         prefect_api = f"http://{HOST}:{s.prefect_port}/api"
@@ -425,14 +426,12 @@ def start(s: Settings) -> State:
                 "PREFECT_UI_ENABLED": "true" if s.ui else "false"}
         penv.pop("PREFECT_API_URL", None)
         cmd = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(s.prefect_port)]
-        proc = _spawn("prefect", cmd, penv, logs)
-        _track(state, s, "prefect", proc, cmd, prefect_api, penv, f"http {prefect_api}/health")
-        _wait("prefect", lambda: _http_ok(f"{prefect_api}/health"), proc, logs / "prefect.log", s.start_timeout,
-              f"answering on {prefect_api}/health")
-        timings["prefect"] = time.monotonic() - t0 - sum(timings.values())
+        timings["prefect"] = _launch(state, s, "prefect", cmd, penv, prefect_api, f"http {prefect_api}/health",
+                                     f"answering on {prefect_api}/health")
         state.env["PREFECT_API_URL"] = prefect_api
 
         if s.worker:
+            t = time.monotonic()
             wenv = {**env, **state.env, "PREFECT_HOME": str(s.root.resolve() / "prefect_home")}
             wenv.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
             if not _http_ok(f"{prefect_api}/work_pools/{s.pool}"):  # the README's command, once per server
@@ -441,11 +440,8 @@ def start(s: Settings) -> State:
                 if r.returncode != 0:
                     raise StackError(f"prefect: work-pool create {s.pool} failed:\n{(r.stdout + r.stderr)[-2000:]}")
             cmd = [_bin("prefect"), "worker", "start", "--pool", s.pool, "--type", "process"]
-            proc = _spawn("worker", cmd, wenv, logs, cwd=REPO)
-            _track(state, s, "worker", proc, cmd, prefect_api, wenv, f"worker {s.pool}", cwd=REPO)
-            _wait("worker", lambda: _worker_online(prefect_api, s.pool), proc, logs / "worker.log", s.start_timeout,
-                  f"online in pool {s.pool!r}")
-            timings["worker"] = time.monotonic() - t0 - sum(timings.values())
+            _launch(state, s, "worker", cmd, wenv, prefect_api, f"worker {s.pool}", f"online in pool {s.pool!r}", cwd=REPO)
+            timings["worker"] = time.monotonic() - t
         state.settings["start_seconds"] = {k: round(v, 1) for k, v in timings.items()}
         state.save(s.root)
         return state

@@ -93,7 +93,7 @@ def promotion_lock(name: str, tracking_uri: str | None = None, timeout: float = 
 
         limit = f"registry:{name}"
         _ensure_prefect_limit(limit)
-        with concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True, lease_duration=max(60.0, timeout)):
+        with concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True, lease_duration=60.0):  # renewed while held
             yield kind
         return
     if urlparse(uri).scheme in ("http", "https"):
