@@ -209,8 +209,17 @@ def _spawn(name: str, cmd: list[str], env: dict, logs: Path, cwd: Path | None = 
 
 
 # ------------------------------------------------------------------------------------------------------ PostgreSQL
+def _runuser() -> str:
+    """util-linux's runuser (in /usr/sbin, which a plain user's PATH often lacks)."""
+    for found in (shutil.which("runuser"), "/usr/sbin/runuser", "/sbin/runuser"):
+        if found and Path(found).exists():
+            return found
+    raise StackError("postgres: running as root needs util-linux's runuser to start PostgreSQL as 'postgres' "
+                     "(not found), or pass --postgres-uri")
+
+
 def _as_user(run_as: str | None, cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", run_as, "--", *cmd] if run_as else cmd
+    return [_runuser(), "-u", run_as, "--", *cmd] if run_as else cmd
 
 
 def _pg_run_as() -> str | None:
@@ -238,7 +247,7 @@ def _ensure_traversable(path: Path, user: str) -> None:
     """Every folder above ``path`` must let ``user`` through (a 0700 home or temporary folder does not)."""
     for parent in [path, *path.parents]:
         if parent.exists():
-            r = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(parent)], capture_output=True)
+            r = subprocess.run(_as_user(user, ["test", "-x", str(parent)]), capture_output=True)
             if r.returncode != 0:
                 raise StackError(f"postgres: the '{user}' user cannot enter {parent} (mode "
                                  f"{oct(parent.stat().st_mode & 0o777)}); put --root where it can (e.g. under /srv or "
