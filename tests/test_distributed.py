@@ -114,8 +114,8 @@ EPOCHS = 6
 
 
 def test_two_node_rendezvous_trains_and_resumes(mlflow_store, tmp_path, monkeypatch):
-    """Two launchers (--nnodes=2, one process each, c10d on 127.0.0.1), stopped after the first checkpoint and
-    started again: they resume from rank 0's checkpoint and end with the single process's losses."""
+    """Two launchers (--nnodes=2, one process each, c10d on 127.0.0.1) training GRU4Rec, stopped after the first
+    checkpoint and started again: they resume from rank 0's checkpoint and end with the single process's losses."""
     import json
 
     from flows.torchrun import Launch
@@ -123,7 +123,9 @@ def test_two_node_rendezvous_trains_and_resumes(mlflow_store, tmp_path, monkeypa
 
     model = "seqrec"
     monkeypatch.chdir(tmp_path)
-    extra = {"train.epochs": EPOCHS, "train.patience": EPOCHS}
+    # GRU4Rec: FaNC's gravity clipping is a threshold, where a rounding-level difference can flip a step's clip and
+    # the curves then part (seen at epoch 5 here, the same in every run); a smooth model shows the resume itself
+    extra = {"train.epochs": EPOCHS, "train.patience": EPOCHS, "model.name": "gru4rec", "registry.model_name": "gru4rec"}
     spec, cfg1 = _config(model, tmp_path, "ckpt1", extra)
     _, cfg2 = _config(model, tmp_path, "ckpt2", extra)
     one, done1 = _run(model, cfg1, spec, {"train": "train_loss"}, "one", monkeypatch, None)
@@ -171,9 +173,8 @@ def test_two_node_rendezvous_trains_and_resumes(mlflow_store, tmp_path, monkeypa
     print(f"two nodes vs one process: train_loss per epoch {[round(v, 5) for v in h1]} vs {[round(v, 5) for v in h2]} "
           f"(largest relative difference {worst:.1e}); best epoch {done1['train']['stopping']['best_epoch']} vs "
           f"{result['stopping']['best_epoch']}")
-    # float rounding grows over the epochs (it reached 6e-5 by epoch 5 of 12); a resume that lost optimizer or
-    # generator state differs by orders of magnitude more from the resumed epoch on
-    assert len(h2) == len(h1) == EPOCHS and worst < 5e-4  # the stopped epochs are logged once, the resumed after them
+    # a resume that lost optimizer or generator state differs by orders of magnitude more from the resumed epoch on
+    assert len(h2) == len(h1) == EPOCHS and worst < 1e-4  # the stopped epochs are logged once, the resumed after them
     assert result["stopping"]["best_epoch"] == done1["train"]["stopping"]["best_epoch"]
 
 
