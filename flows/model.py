@@ -30,8 +30,10 @@ from models import catalog
 
 def _stage_task(model: str, stage: str, retries: int):
     def run(model: str, stage: str, cfg, run_id: str, done: dict) -> dict:
+        from flows.torchrun import run_stage  # one process, or torchrun on the work pool's nproc_per_node x nnodes
+
         spec = catalog.get(model)
-        return next(s for s in spec.stages if s.name == stage).train(cfg, run_id, done)
+        return run_stage(model, next(s for s in spec.stages if s.name == stage), cfg, run_id, done)
 
     return task(run, name=f"{model}.{stage}", retries=retries, retry_delay_seconds=5, cache_policy=NO_CACHE)
 

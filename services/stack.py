@@ -444,7 +444,9 @@ def start(s: Settings) -> State:
             wenv = {**env, **state.env, "PREFECT_HOME": str(s.root.resolve() / "prefect_home")}
             wenv.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
             if not _http_ok(f"{prefect_api}/work_pools/{s.pool}"):  # the README's command, once per server
-                r = subprocess.run([_bin("prefect"), "work-pool", "create", s.pool, "--type", "process"], env=wenv,
+                # the process template plus the torchrun job variables (nproc_per_node, nnodes, rdzv_*)
+                r = subprocess.run([_bin("prefect"), "work-pool", "create", s.pool, "--type", "process",
+                                    "--base-job-template", str(REPO / "services" / "gpu_pool_template.json")], env=wenv,
                                    capture_output=True, text=True, timeout=120)
                 if r.returncode != 0:
                     raise StackError(f"prefect: work-pool create {s.pool} failed:\n{(r.stdout + r.stderr)[-2000:]}")

@@ -41,7 +41,7 @@ WALK: dict[str, tuple[str, str]] = {
     "python -m flows.registry_check": ("run", "with the stages the copy trained (elsewhere: every train stage)"),
     "prefect server start &": ("covered", "tests/test_services.py: the stack starts it on 127.0.0.1, a free port"),
     "export PREFECT_API_URL=http://127.0.0.1:4200/api": ("covered", "tests/test_services.py (the stack's env)"),
-    "prefect work-pool create gpu --type process": ("covered", "tests/test_services.py (the stack runs it)"),
+    "prefect work-pool create gpu --type process --base-job-template services/gpu_pool_template.json": ("covered", "tests/test_services.py (the stack runs it)"),
     "make deploy": ("covered", "tests/test_services.py runs `prefect --no-prompt deploy --all`, the target's command"),
     "prefect worker start --pool gpu": ("covered", "tests/test_services.py: the stack's worker runs a deployment, stops on SIGTERM"),
     "make services": ("covered", "tests/test_services.py: services.stack.start on free ports, then stop (the targets' commands)"),

@@ -40,23 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from data.atomic import atomic_directory, atomic_write_json
     from models.bilingual_lm.modeling import build_model
-    from models.bilingual_lm.trainer import TrainSettings, init_distributed, train
+    from models.bilingual_lm.trainer import TrainSettings, train
+    from models.common import distributed
 
     settings = TrainSettings(**json.loads(args.settings.read_text()))
     rows = np.load(args.rows, mmap_mode="r")
     masks = np.load(args.masks, mmap_mode="r") if args.masks else None
     model = build_model(args.preset, norm=args.norm, vocab_size=args.vocab_size, seed=args.init_seed)
     history = train(model, rows, settings, args.ckpt_dir, masks=masks, device=args.device, progress=False)
-    d = init_distributed(torch.device(args.device))
-    if d.main:
+    if distributed.is_main():
         atomic_write_json(args.history, history)
         if args.model_out is not None:
             with atomic_directory(args.model_out) as tmp:
                 model.save_pretrained(tmp)
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    distributed.shutdown()
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from models.bilingual_lm.config import BilingualLMConfig
-from models.common import tracking
+from models.common import distributed, tracking
 from models.common.config import fingerprint
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 
@@ -151,7 +151,9 @@ def pretrain(cfg: BilingualLMConfig, run_id: str, done: dict) -> dict:
     history = train(model, np.asarray(data["rows"]), settings_of(cfg.pretrain, {"fingerprint": fp}),
                     Path(cfg.pretrain.checkpoint_dir) / f"pretrain-{fp}", eval_fn=heldout_eval(cfg, data, device),
                     log_fn=_log_step(run_id, "pretrain."), device=device)
-    _save_model(model, tok, final, {"fingerprint": fp, "history": history, "stage": "pretrain"})
+    if distributed.is_main():  # under torchrun rank 0 writes; the others wait for the folder
+        _save_model(model, tok, final, {"fingerprint": fp, "history": history, "stage": "pretrain"})
+    distributed.barrier()
     tracking.client().set_tag(run_id, "pretrain.fingerprint", fp)
     return {"weights": str(final / "model.safetensors"), "model_dir": str(final), "fingerprint": fp,
             "history": history, "reused": False}
@@ -186,7 +188,9 @@ def sft(cfg: BilingualLMConfig, run_id: str, done: dict) -> dict:
                     masks=masks, loss_fn=functools.partial(sft_loss_sum, unlikelihood=cfg.sft.unlikelihood),
                     log_fn=_log_step(run_id, "sft."), device=device)
     out = Path(cfg.sft.checkpoint_dir) / f"sft-{fp}" / "final"
-    _save_model(model, tok, out, {"fingerprint": fp, "stage": "sft", "mix": rep})
+    if distributed.is_main():
+        _save_model(model, tok, out, {"fingerprint": fp, "stage": "sft", "mix": rep})
+    distributed.barrier()
     tracking.log_json(run_id, rep, "sft/mix_report.json")
     return {"weights": str(out / "model.safetensors"), "model_dir": str(out), "fingerprint": fp, "history": history,
             "mix": rep}
@@ -288,7 +292,7 @@ MODEL = ModelSpec.of(
     description="Bilingual Korean/English/code decoder LM in the HyperCLOVA X style (transformers' HyperCLOVAX): "
                 "pretrain (FIM) -> SFT (unlikelihood) -> held-out bits per byte -> register.",
     config=BilingualLMConfig,
-    stages=(Stage("pretrain", pretrain), Stage("sft", sft)),
+    stages=(Stage("pretrain", pretrain, distributed=True), Stage("sft", sft, distributed=True)),
     variants=VARIANTS,
     data_targets=data_targets,
     example="pretrain.max_steps=100",

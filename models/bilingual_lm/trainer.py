@@ -40,7 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.common import distributed
 from models.common.checkpoint import CheckpointMismatchError, atomic_torch_save, rng_state, set_rng_state
+from models.common.distributed import Dist
 
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -92,45 +94,6 @@ def lr_at(step: int, s: TrainSettings) -> float:
     progress = min(1.0, (step - s.warmup_steps) / span)
     low = s.lr * s.min_lr_ratio
     return low + 0.5 * (s.lr - low) * (1.0 + math.cos(math.pi * progress))
-
-
-# ------------------------------------------------------------------------------------------------ distributed
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ------------------------------------------------------------------------------------------------ data order
@@ -209,7 +172,7 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
     from tqdm.auto import tqdm
 
     device = torch.device(device)
-    d = init_distributed(device)
+    d = distributed.init(device)
     check_batching(s, d)
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise ValueError(f"rows: no training rows (shape {tuple(rows.shape)})")
@@ -238,11 +201,7 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
         start, history = int(state["step"]), list(state["history"])
         if d.main:
             print(f"resuming from {found[-1][1]}: {start} of {s.max_steps} steps done", file=sys.stderr, flush=True)
-    ddp = model
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    ddp = distributed.wrap(model, d)
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_step = s.global_batch * s.seq_len
     model.train()
@@ -255,7 +214,7 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
         micro = rank_micro_batches(global_batch_rows(step, len(rows), s), d, s)
         if masks is not None:  # the global number of target tokens, so every micro-batch divides by the same
             local = float(sum(masks[idx].sum() for idx in micro))
-            denom = _all_reduce_sum(torch.tensor(local, dtype=torch.float64), d).item()
+            denom = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64), d).item()
         else:
             denom = float(s.global_batch * s.seq_len)
         opt.zero_grad(set_to_none=True)
@@ -264,15 +223,14 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
             batch = torch.from_numpy(np.ascontiguousarray(rows[idx])).long().to(device)
             mask = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks[idx])).to(device)
             sync = j == len(micro) - 1
-            ctx = ddp.no_sync() if (d.world > 1 and not sync) else _null()
-            with ctx, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with distributed.no_sync(ddp, sync), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 total, _ = loss_fn(ddp, batch, mask)
                 # DDP averages gradients over ranks; the global mean needs the sum over ranks, so scale by world
                 (total * (d.world / denom)).backward()
             loss_total += total.detach().double().cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
         opt.step()
-        loss = _all_reduce_sum(loss_total, d).item() / denom
+        loss = distributed.all_reduce_sum(loss_total, d).item() / denom
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the last good checkpoint is kept")
         rec = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
@@ -300,19 +258,11 @@ def train(model, rows: np.ndarray, s: TrainSettings, ckpt_dir: str | Path, *,
                 _save(ckpt_dir, step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                            "step": step + 1, "history": history, "rng": rng_state(),
                                            "fingerprint": fingerprint, "settings": asdict(s)}, s.keep_last)
-            _barrier(d)
+            distributed.barrier(d)
         if stop_after is not None and step + 1 >= stop_after:
             break
     bar.close()
     return history
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

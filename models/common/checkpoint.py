@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.atomic import atomic_file
+from models.common import distributed
 
 _CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
 
@@ -121,10 +122,15 @@ def run_epochs(
     resume, so a resumed run stops where an uninterrupted one would.
     Returns the per-epoch metric history (including epochs restored from a checkpoint).
 
+    Under ``torchrun`` (:mod:`models.common.distributed`) every rank runs the loop; ``train_epoch`` must return the
+    same (all-reduced) metrics on every rank, so all stop together; rank 0 alone writes the checkpoints and calls
+    ``on_epoch_end`` (MLflow), and every rank waits for the checkpoint before the next epoch.
+
     Raises:
         CheckpointMismatchError: the newest checkpoint in ``ckpt_dir`` was written with another config.
         NonFiniteLossError: raised by ``train_epoch`` (via :func:`check_finite`); no checkpoint is written.
     """
+    d = distributed.current()
     start, history = 0, []
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
@@ -144,10 +150,11 @@ def run_epochs(
             warnings.warn(f"{last} holds no random-generator state (written before it was saved): the resumed "
                           "epochs draw dropout from another stream than an uninterrupted run would")
         start, history = int(state["epoch"]), list(state["history"])
-        print(f"resuming from {last}: {start} of {epochs} epochs done", file=sys.stderr, flush=True)
+        if d.main:
+            print(f"resuming from {last}: {start} of {epochs} epochs done", file=sys.stderr, flush=True)
     if should_stop is not None and history and should_stop(history):
         return history
-    bar = tqdm(range(start, epochs), desc="epochs", initial=start, total=epochs, disable=not progress)
+    bar = tqdm(range(start, epochs), desc="epochs", initial=start, total=epochs, disable=not (progress and d.main))
     for epoch in bar:
         metrics = {k: float(v) for k, v in train_epoch(epoch).items()}
         history.append(metrics)
@@ -160,10 +167,12 @@ def run_epochs(
             "seed": seed,
             "rng": rng_state(),  # after the epoch: the state the next epoch starts from
         }
-        save_checkpoint(ckpt_dir, epoch + 1, state, keep_last=keep_last)
+        if d.main:  # under torchrun rank 0 writes, then every rank waits for the file
+            save_checkpoint(ckpt_dir, epoch + 1, state, keep_last=keep_last)
+            for cb in on_epoch_end:
+                cb(epoch, metrics)
+        distributed.barrier(d)
         bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
-        for cb in on_epoch_end:
-            cb(epoch, metrics)
         if should_stop is not None and should_stop(history):
             break
     return history

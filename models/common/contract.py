@@ -44,6 +44,9 @@ class Stage:
     name: str
     train: Callable[[Any, str, dict[str, dict]], dict]
     retries: int = 1  # a retry resumes from the newest checkpoint
+    # True: ``train`` is data-parallel under torchrun (models.common.distributed) and the flow launches it on the
+    # work pool's nproc_per_node x nnodes processes (flows/torchrun.py); False: always one process
+    distributed: bool = False
 
 
 @dataclass(frozen=True)

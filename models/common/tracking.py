@@ -122,11 +122,22 @@ class _DeferringClient:
         return call
 
 
+class _MutedClient:
+    """What :func:`client` gives a process that is not rank 0 of a torchrun job: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def client():
     """The MLflow client of ``MLFLOW_TRACKING_URI``; an interrupt never lands inside one of its calls
-    (:func:`signals_deferred`)."""
+    (:func:`signals_deferred`). Under ``torchrun`` only rank 0 logs: other ranks get a client that does nothing."""
     from mlflow import MlflowClient
 
+    from models.common.distributed import is_main
+
+    if not is_main():
+        return _MutedClient()
     return _DeferringClient(MlflowClient())
 
 
@@ -236,7 +247,11 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
+    from models.common.distributed import is_main
+
     try:
+        if not is_main():  # rank 0 writes the files of a torchrun job
+            return Path(path)
         with atomic_file(path, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi)
     finally:
@@ -268,7 +283,11 @@ def write_metrics(path: str | Path, result: dict, run_id: str) -> dict:
     """The committed metrics file of a train stage: only what the computation determines, so re-running the same
     computation rewrites the same bytes (``git status`` stays clean). Run ids, times and throughput go to the MLflow
     run (``metrics/run_specific.json``, and as metrics ``timing.*``); returns the stable part."""
+    from models.common.distributed import is_main
+
     stable, specific = split_run_specific(result)
+    if not is_main():  # rank 0 writes the files of a torchrun job
+        return stable
     atomic_write_json(path, stable)
     log_json(run_id, specific, "metrics/run_specific.json")
     timings = {f"timing.{k}": v for k, v in flatten(specific).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -281,10 +300,12 @@ def write_history_csv(history: list[dict[str, float]], path: str | Path) -> Path
     """Per-epoch metrics as a CSV with an ``epoch`` column (DVC plots), written atomically. Times and rates
     (:data:`RUN_SPECIFIC`) are left out: the file is committed, and the same computation must rewrite the same
     bytes (the per-epoch times are in the MLflow run's metric history)."""
+    from models.common.distributed import is_main
+
     keys = [k for k in history[0] if not RUN_SPECIFIC.match(k)]
     lines = [",".join(["epoch", *keys])]
     lines += [",".join([str(i), *[f"{h[k]:.6f}" for k in keys]]) for i, h in enumerate(history, 1)]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    return atomic_write_text(path, "\n".join(lines) + "\n") if is_main() else Path(path)
 
 
 def lenient_numbers(schema, optional: tuple[str, ...] | list[str] = ()):

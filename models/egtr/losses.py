@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +95,11 @@ def query_uncertainty(match: dict, num_queries: int, cfg: LossConfig) -> torch.T
 
 
 def detection_losses(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict], matches: list[dict],
-                     cfg: LossConfig) -> dict[str, torch.Tensor]:
+                     cfg: LossConfig, num_boxes: float | None = None) -> dict[str, torch.Tensor]:
+    """``num_boxes``: the normaliser (default: this batch's boxes; under DDP the global count / world, as DETR)."""
     b, n, c = logits.shape
-    num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
+    if num_boxes is None:
+        num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
     onehot = torch.zeros_like(logits)
     src_boxes, tgt_boxes = [], []
     for i, (t, m) in enumerate(zip(targets, matches)):
@@ -158,7 +161,11 @@ def sample_relation_entries(scores: torch.Tensor, positive: torch.Tensor, matche
 
 
 def relation_losses(rel_logits: torch.Tensor, conn_logits: torch.Tensor, targets: list[dict], matches: list[dict],
-                    cfg: LossConfig, sample: bool = True, generator: torch.Generator | None = None) -> dict:
+                    cfg: LossConfig, sample: bool = True, generator: torch.Generator | None = None,
+                    reduce: Callable[[float], float] | None = None) -> dict:
+    """The two relation terms: means over the batch's sampled entries (relation) and all pairs (connectivity).
+    ``reduce`` (data-parallel training): maps a count of this process to the global count / world, so each mean
+    becomes this process's sum over that normaliser (the mean over the global batch once DDP averages)."""
     b, n, _, p = rel_logits.shape
     sampled_logits, sampled_targets, conn_losses, pos_u = [], [], [], []
     for i, (t, m) in enumerate(zip(targets, matches)):
@@ -181,26 +188,40 @@ def relation_losses(rel_logits: torch.Tensor, conn_logits: torch.Tensor, targets
             sampled_targets.append(y.reshape(-1))
         conn_losses.append(F.binary_cross_entropy_with_logits(conn_logits[i], conn, reduction="none").reshape(-1))
     logits, tgt = torch.cat(sampled_logits), torch.cat(sampled_targets)
-    loss_rel = F.binary_cross_entropy_with_logits(logits, tgt) if len(logits) else rel_logits.sum() * 0
-    loss_conn = torch.cat(conn_losses).mean()
+    conn_all = torch.cat(conn_losses)
+    if reduce is None:
+        loss_rel = F.binary_cross_entropy_with_logits(logits, tgt) if len(logits) else rel_logits.sum() * 0
+        loss_conn = conn_all.mean()
+    else:
+        n_rel = reduce(len(logits))
+        loss_rel = (F.binary_cross_entropy_with_logits(logits, tgt, reduction="sum") / n_rel if n_rel
+                    else rel_logits.sum() * 0)
+        loss_conn = conn_all.sum() / reduce(conn_all.numel())
     u_pos = torch.cat(pos_u).mean() if pos_u and sum(len(x) for x in pos_u) else torch.tensor(float("nan"))
     return {"loss_rel": loss_rel, "loss_conn": loss_conn, "uncertainty": u_pos.detach(), "num_sampled": len(logits)}
 
 
 def total_loss(out: dict, targets: list[dict], matcher: HungarianMatcher, cfg: LossConfig, aux_loss: bool,
-               sample: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """2 L_focal + 5 L_L1 + 2 L_GIoU (+ auxiliary decoder layers) + 15 L_rel + 30 L_conn."""
+               sample: bool = True, generator: torch.Generator | None = None,
+               reduce: Callable[[float], float] | None = None) -> tuple[torch.Tensor, dict]:
+    """2 L_focal + 5 L_L1 + 2 L_GIoU (+ auxiliary decoder layers) + 15 L_rel + 30 L_conn.
+
+    ``reduce`` (data-parallel training, :mod:`models.common.distributed`): a count of this process -> the global
+    count / world; every normaliser (boxes, sampled relation entries, pairs) is then global, as DETR's ``num_boxes``
+    all-reduce, so W processes with 1/W of the batch compute the gradient of one process with all of it."""
     matches = matcher(out["logits"], out["boxes"], targets)
-    det = detection_losses(out["logits"], out["boxes"], targets, matches, cfg)
+    num_boxes = None if reduce is None else max(reduce(sum(len(t["labels"]) for t in targets)), 1)
+    det = detection_losses(out["logits"], out["boxes"], targets, matches, cfg, num_boxes)
     loss = cfg.cls * det["loss_ce"] + cfg.bbox * det["loss_bbox"] + cfg.giou * det["loss_giou"]
     logs = {k: float(v.detach()) for k, v in det.items()}
     if aux_loss:
         for j, aux in enumerate(out["aux"]):
             aux_m = matcher(aux["logits"], aux["boxes"], targets)
-            d = detection_losses(aux["logits"], aux["boxes"], targets, aux_m, cfg)
+            d = detection_losses(aux["logits"], aux["boxes"], targets, aux_m, cfg, num_boxes)
             loss = loss + cfg.cls * d["loss_ce"] + cfg.bbox * d["loss_bbox"] + cfg.giou * d["loss_giou"]
     if "rel_logits" in out:
-        rel = relation_losses(out["rel_logits"], out["conn_logits"], targets, matches, cfg, sample=sample, generator=generator)
+        rel = relation_losses(out["rel_logits"], out["conn_logits"], targets, matches, cfg, sample=sample,
+                              generator=generator, reduce=reduce)
         loss = loss + cfg.rel * rel["loss_rel"] + cfg.conn * rel["loss_conn"]
         logs.update(loss_rel=float(rel["loss_rel"].detach()), loss_conn=float(rel["loss_conn"].detach()),
                     uncertainty=float(rel["uncertainty"]))

@@ -14,7 +14,7 @@ import base64
 import json
 from pathlib import Path
 
-from models.common import tracking
+from models.common import distributed, tracking
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
 from models.egtr import recipe, report
@@ -44,6 +44,8 @@ def _train_stage(cfg: EgtrConfig, run_id: str, stage: str, init_from: str | None
     """Stage ``pretrain`` (detector) or ``sgg`` (EGTR); resumable; per-epoch metrics to ``run_id``."""
     log_epoch = tracking.EpochLogger(run_id, "pretrain_" if stage == "pretrain" else "")
     result = recipe.train_stage(cfg, stage, init_from=init_from, on_epoch_end=[log_epoch])
+    if not distributed.is_main():  # under torchrun rank 0 reports; the flow takes its result
+        return {"weights": result["weights"], "rank": "not 0"}
     log_epoch.backfill(result["history"])
     csv = tracking.write_history_csv(result["history"], report.plots_dir(cfg) / f"{stage}_curve.csv")
     tracking.log_file(run_id, csv, "plots")
@@ -84,6 +86,8 @@ def pretrain(cfg: EgtrConfig, run_id: str, done: dict) -> dict:
     if cfg.pretrained:
         return {"weights": cfg.pretrained, "source": "egtr.pretrained"}
     trained = _train_stage(cfg, run_id, "pretrain")
+    if not distributed.is_main():
+        return trained
     det = evaluate_detector(cfg, run_id, trained["weights"], "val")
     result = {"run_id": run_id, "weights": trained["weights"], "epochs_run": trained["epochs_run"],
               "stopped_by": trained["stopped_by"], "reproducible": reproducible(cfg), "seconds": trained["seconds"], **det}
@@ -166,7 +170,7 @@ MODEL = ModelSpec.of(
     name="egtr",
     description="EGTR (CVPR 2024): one-stage scene graph generation; stage-0 detector -> SGG -> evaluate -> register.",
     config=EgtrConfig,
-    stages=(Stage("pretrain", pretrain), Stage("sgg", sgg)),
+    stages=(Stage("pretrain", pretrain, distributed=True), Stage("sgg", sgg, distributed=True)),
     variants=VARIANTS,
     data_targets=lambda cfg: (f"preprocess_sgg@{cfg.dataset}",),
     example="sgg.epochs=10",

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.common import distributed
 from models.common.checkpoint import atomic_torch_save, check_finite, latest_checkpoint, run_epochs
 from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import select_device, set_seed
@@ -95,12 +96,27 @@ def _dataset(cfg: EgtrConfig, split: str, train: bool, crop: bool) -> SceneGraph
 
 
 def _batches(ds: SceneGraphDataset, batch_size: int, order: list[int], num_workers: int):
-    subset = torch.utils.data.Subset(ds, order)
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    """The batches of ``order``; under torchrun this rank's share of each (a final batch smaller than the number of
+    processes is left out there, so that every rank has a part of every batch)."""
+    d = distributed.current()
+    if d.world == 1:
+        subset = torch.utils.data.Subset(ds, order)
+        return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    parts = [list(distributed.shard(order[i:i + batch_size], d)) for i in range(0, len(order), batch_size)
+             if len(order[i:i + batch_size]) >= d.world]
+    return DataLoader(ds, batch_sampler=parts, collate_fn=collate, num_workers=num_workers)
+
+
+def _reduce_count(d: distributed.Dist):
+    """The loss normaliser under DDP: a count of this rank -> global count / world (None for one process)."""
+    if d.world == 1:
+        return None
+    return lambda local: distributed.global_sum(local, d) / d.world
 
 
 def _to(targets: list[dict], device) -> list[dict]:
-    return [{**t, "labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
+    return [{**t, "labels": distributed.to_device(t["labels"], device), "boxes": distributed.to_device(t["boxes"], device)}
+            for t in targets]
 
 
 @torch.no_grad()
@@ -109,12 +125,17 @@ def validation_loss(model: EGTR, ds: SceneGraphDataset, cfg: EgtrConfig, stage_c
     model.eval()
     matcher = HungarianMatcher(cfg.loss)
     totals, n = {}, 0
-    for pixel_values, pixel_mask, targets in _batches(ds, stage_cfg.batch_size, list(range(len(ds))), 0):
+    # under torchrun each rank scores a share of the whole batches (each batch's loss as one process has it)
+    starts = distributed.shard(range(0, len(ds), stage_cfg.batch_size))
+    batches = [list(range(i, min(i + stage_cfg.batch_size, len(ds)))) for i in starts]
+    for pixel_values, pixel_mask, targets in DataLoader(ds, batch_sampler=batches, collate_fn=collate):
         out = model(pixel_values.to(device), pixel_mask.to(device))
         _, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=stage_cfg.aux_loss, sample=False)
         for k, v in logs.items():
             totals[k] = totals.get(k, 0.0) + v * len(targets)
         n += len(targets)
+    totals = distributed.sum_dict({**totals, "__n": n})
+    n = totals.pop("__n")
     return {f"val_{k}": v / max(n, 1) for k, v in totals.items()}
 
 
@@ -128,12 +149,21 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
     """Train stage ``pretrain`` (detector) or ``sgg`` (EGTR from a detector checkpoint ``init_from``).
 
     Returns ``{"weights": best.pt, "history": [...], "epochs_run", "stopped_by", "seconds"}``.
+
+    Under torchrun (:mod:`models.common.distributed`) each batch of ``batch_size`` images is split over the ranks
+    and every loss normaliser is global (:func:`models.egtr.losses.total_loss` ``reduce``), so W processes make the
+    update of one: exactly so when the images of a batch have one size and with the default top-k relation sampling.
+    Each process pads its images to the largest of its own part, as the official multi-GPU DETR training does, so
+    with mixed sizes (multi-scale, random crop) the padded borders, hence the features, differ slightly from one
+    process's; the random non-matching sampling of Open Images draws per process. Rank 0 writes the checkpoints and
+    best weights.
     """
+    d = distributed.current()
     if stage not in ("pretrain", "sgg"):
         raise ValueError(f"stage must be 'pretrain' or 'sgg' (got {stage!r})")
     sc: StageConfig = getattr(cfg, stage)
     set_seed(cfg.seed)
-    device = select_device(cfg.device)
+    device = distributed.device_for(select_device(cfg.device))
     categories, predicates = label_space(cfg.data_dir)
     if stage == "pretrain":
         model = EGTR(cfg.detector, len(categories), 0)
@@ -153,6 +183,8 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
                 raise ValueError(f"{init_from}: unexpected keys {unexpected[:5]}")
             new_keys = set(missing) & new_keys
     model.to(device)
+    net = distributed.wrap(model, d, find_unused_parameters=True)  # the model itself for one process
+    reduce = _reduce_count(d)
     train_ds = _dataset(cfg, "train", True, crop=uses_random_crop(cfg, stage))  # no random crop in the SGG stage
     val_ds = _dataset(cfg, "val", False, crop=False)
     matcher = HungarianMatcher(cfg.loss)
@@ -176,7 +208,9 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         state = {"best": math.inf}
         if best_path.exists():
             if latest_checkpoint(ckpt_dir) is None:
-                best_path.unlink()  # a fresh run: never keep the best weights of an older one
+                distributed.barrier(d)  # every rank has looked before rank 0 deletes
+                if d.main:
+                    best_path.unlink()  # a fresh run: never keep the best weights of an older one
             else:
                 state["best"] = float(torch.load(best_path, map_location="cpu", weights_only=True).get("val_loss", math.inf))
 
@@ -187,33 +221,48 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
             train_ds.set_epoch(global_epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
             order = torch.randperm(len(train_ds), generator=gen).tolist()
-            sums, n = {}, 0
+            sums, seen, n = {}, {}, 0
             optimizer.zero_grad(set_to_none=True)
             batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
+            global_sizes = [len(order[i:i + sc.batch_size]) for i in range(0, len(order), sc.batch_size)
+                            if len(order[i:i + sc.batch_size]) >= d.world]
             bar = tqdm(batches, desc=f"{stage} {phase} epoch {epoch + 1}", leave=False, disable=not progress)
             for step, (pixel_values, pixel_mask, targets) in enumerate(bar):
-                out = model(pixel_values.to(device), pixel_mask.to(device))
-                loss, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=sc.aux_loss, generator=gen)
-                check_finite(loss, epoch=global_epoch, step=step, ckpt_dir=ckpt_dir)
-                (loss / sc.grad_accum).backward()
-                if (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches):
+                syncs = (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches)
+                with distributed.no_sync(net, syncs):
+                    out = net(distributed.to_device(pixel_values, device), distributed.to_device(pixel_mask, device))
+                    loss, logs = total_loss(out, _to(targets, device), matcher, cfg.loss, aux_loss=sc.aux_loss,
+                                            generator=gen, reduce=reduce)
+                    check_finite(loss, epoch=global_epoch, step=step, ckpt_dir=ckpt_dir)
+                    (loss / sc.grad_accum).backward()
+                if syncs:
                     if sc.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                # under DDP a rank's loss is its share of the global batch's mean: rank values x (batch / world)
+                # sum over the ranks to the batch mean x batch, as one process's value x len(targets)
+                weight = len(targets) if d.world == 1 else global_sizes[step] / d.world
                 for k, v in logs.items():
                     if not (isinstance(v, float) and math.isnan(v)):
-                        sums[k] = sums.get(k, 0.0) + v * len(targets)
+                        sums[k] = sums.get(k, 0.0) + v * weight
+                        seen[k] = seen.get(k, 0) + 1
                 n += len(targets)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            if d.world > 1:
+                # a value NaN in every batch of every rank is left out, as one process leaves it out
+                sums, seen = distributed.sum_dict(sums, d), distributed.sum_dict(seen, d)
+                sums = {k: v for k, v in sums.items() if seen.get(k)}
+                n = int(distributed.global_sum(n, d))
             metrics = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
             metrics.update(validation_loss(model, val_ds, cfg, sc, device))
             metrics["lr_factor"] = factor
             metrics["epoch_s"] = time.monotonic() - t0
             if metrics["val_loss"] < state["best"]:
                 state["best"] = metrics["val_loss"]
-                save_model(best_path, model, cfg, kind, categories, predicates,
-                           {"epoch": global_epoch + 1, "phase": phase, "val_loss": state["best"]})
+                if d.main:  # the other ranks read it after run_epochs' barrier
+                    save_model(best_path, model, cfg, kind, categories, predicates,
+                               {"epoch": global_epoch + 1, "phase": phase, "val_loss": state["best"]})
             return metrics
 
         # training time only (sum of epoch times), so a resumed run stops where an uninterrupted one would
@@ -226,9 +275,10 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
         history = run_epochs(model=model, optimizer=optimizer, epochs=epochs, ckpt_dir=ckpt_dir,
                              fingerprint=f"{fp}-{phase}", seed=cfg.seed, train_epoch=train_epoch,
                              on_epoch_end=callbacks, should_stop=should_stop, progress=progress)
-        if history and not best_path.exists():  # resumed after the last epoch: rebuild from the final weights
+        if history and not best_path.exists() and d.main:  # resumed after the last epoch: from the final weights
             save_model(best_path, model, cfg, kind, categories, predicates,
                        {"epoch": epoch_offset + len(history), "phase": phase})
+        distributed.barrier(d)
         return history, (rule.reason(history, spent_s) or "interrupted") if history else "no epochs"
 
     start = time.monotonic()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.common import tracking
+from models.common import distributed, tracking
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.multimodalsum import recipe, report
 from models.multimodalsum.config import DVC_REVIEW_TABLES, VARIANTS, MultimodalSumConfig
@@ -71,6 +71,8 @@ def _tracked(cfg: MultimodalSumConfig, run_id: str, stage: str, train) -> dict:
     """Run one stage with per-epoch MLflow metrics (``<stage>_*``), then its learning curve and run tags."""
     log_epoch = tracking.EpochLogger(run_id, f"{stage}_")
     result = train([log_epoch])
+    if not distributed.is_main():  # under torchrun rank 0 reports; the flow takes its result
+        return {"weights": result["weights"]}
     log_epoch.backfill(result["history"])
     report.write_curve(cfg, run_id, stage, result["history"])
     c = tracking.client()
@@ -200,8 +202,8 @@ MODEL = ModelSpec.of(
     description="MultimodalSum (ACL 2021): self-supervised multimodal opinion summarization; denoise -> text -> image "
                 "-> table -> multimodal -> dev beam search -> test ROUGE -> register.",
     config=MultimodalSumConfig,
-    stages=(Stage("denoise", denoise), Stage("text", text), Stage("image", image), Stage("table", table),
-            Stage("multimodal", multimodal)),
+    stages=tuple(Stage(name, fn, distributed=True) for name, fn in (
+        ("denoise", denoise), ("text", text), ("image", image), ("table", table), ("multimodal", multimodal))),
     variants=VARIANTS,
     data_targets=data_targets,
     example="text.epochs=10",

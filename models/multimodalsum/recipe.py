@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.common import distributed
 from models.common.checkpoint import atomic_torch_save, check_finite, latest_checkpoint, run_epochs
 from models.common.config import fingerprint
 from models.common.seed import select_device, set_seed
@@ -216,38 +217,52 @@ def _fit(cfg: MultimodalSumConfig, stage: str, model: MultimodalSum, groups: lis
          steps_per_epoch: int, epoch_batches: Callable[[int], list[list]], loss_fn: Callable[[list], torch.Tensor],
          validate: Callable[[], dict[str, float]], save_best: Callable[[Path, dict], None], progress: bool,
          on_epoch_end: Iterable[Callable] = ()) -> dict:
-    """Train ``stage`` (see the module docstring); returns weights (best.pt), history, epochs, stop reason."""
+    """Train ``stage`` (see the module docstring); returns weights (best.pt), history, epochs, stop reason.
+
+    Under torchrun (:mod:`models.common.distributed`) the micro-batches of each optimizer step are split over the
+    ranks (each micro-batch's loss is a mean of its own, so the gradient is the single process's once DDP averages);
+    rank 0 writes best.pt and the checkpoints. Validation runs on every rank (the same numbers)."""
+    d = distributed.current()
     sc: StepConfig = getattr(cfg, stage)
     fp = fingerprints(cfg)[stage]
     run_dir = stage_dir(cfg, stage)
     ckpt_dir = run_dir / "checkpoints"
     best_path = run_dir / "best.pt"
     if best_path.exists() and (latest_checkpoint(ckpt_dir) is None or not sc.resume):
-        best_path.unlink()  # a fresh fit never keeps the best weights of an older one
+        distributed.barrier(d)  # every rank has looked before rank 0 deletes
+        if d.main:
+            best_path.unlink()  # a fresh fit never keeps the best weights of an older one
     best = {"val_loss": math.inf}
     if best_path.exists():
         best["val_loss"] = float(torch.load(best_path, map_location="cpu", weights_only=True).get("val_loss", math.inf))
     opt = torch.optim.AdamW(groups, lr=sc.lr, eps=sc.adam_eps)
     trainable = [p for g in groups for p in g["params"]]
     total = sc.epochs * steps_per_epoch
+    net = distributed.wrap(_Call(model), d, find_unused_parameters=True)  # runs loss_fn(mb) as DDP's forward
 
     def train_epoch(epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
         torch.manual_seed(mixed_seed(sc.order_seed, epoch, 2))  # dropout and photo augmentation of this epoch
         model.train()
         losses, factor = [], 0.0
-        bar = tqdm(epoch_batches(epoch), desc=f"{stage} epoch {epoch + 1}", leave=False, disable=not progress)
+        bar = tqdm(epoch_batches(epoch), desc=f"{stage} epoch {epoch + 1}", leave=False, disable=not (progress and d.main))
         for i, micro in enumerate(bar):
             factor = lr_factor(epoch * steps_per_epoch + i, total, sc.warmup)
             for g in opt.param_groups:
                 g["lr"] = sc.lr * factor
             opt.zero_grad(set_to_none=True)
             value = 0.0
-            for mb in micro:
-                loss = loss_fn(mb) / len(micro)
-                check_finite(loss, epoch=epoch, step=i, ckpt_dir=ckpt_dir)
-                loss.backward()
-                value += float(loss.detach())
+            mine = list(distributed.shard(micro, d))
+            # a rank with no micro-batch of this step still joins its gradient all-reduce, with a zero loss
+            work = [(mb, 1.0) for mb in mine] or [(micro[0], 0.0)]
+            for j, (mb, keep) in enumerate(work):
+                with distributed.no_sync(net, j == len(work) - 1):
+                    loss = net(loss_fn, mb) / len(micro)
+                    check_finite(loss, epoch=epoch, step=i, ckpt_dir=ckpt_dir)
+                    (loss * (keep * d.world)).backward()  # DDP averages over ranks: x world gives the sum
+                value += keep * float(loss.detach())
+            if d.world > 1:
+                value = distributed.global_sum(value, d)
             if sc.clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, sc.clip)
             opt.step()
@@ -260,7 +275,8 @@ def _fit(cfg: MultimodalSumConfig, stage: str, model: MultimodalSum, groups: lis
         metrics["epoch_seconds"] = time.perf_counter() - t0
         if metrics["val_loss"] < best["val_loss"]:
             best["val_loss"] = metrics["val_loss"]
-            save_best(best_path, {"epoch": epoch + 1, "val_loss": metrics["val_loss"]})
+            if d.main:  # the other ranks read it after run_epochs' barrier
+                save_best(best_path, {"epoch": epoch + 1, "val_loss": metrics["val_loss"]})
         return metrics
 
     rule = StopRule("val_loss", "min", sc.patience, sc.epochs)
@@ -268,12 +284,25 @@ def _fit(cfg: MultimodalSumConfig, stage: str, model: MultimodalSum, groups: lis
     history = run_epochs(model=model, optimizer=opt, epochs=sc.epochs, ckpt_dir=ckpt_dir, fingerprint=fp,
                          seed=sc.order_seed, train_epoch=train_epoch, on_epoch_end=on_epoch_end, should_stop=rule,
                          resume=sc.resume, progress=progress)
-    if history and not best_path.exists():  # resumed after the last epoch with best.pt gone: the final weights
+    if history and not best_path.exists() and d.main:  # resumed after the last epoch with best.pt gone
         save_best(best_path, {"epoch": len(history), "val_loss": history[-1]["val_loss"]})
+    distributed.barrier(d)
     return {"stage": stage, "step": STEP_CODES[stage], "weights": str(best_path), "fingerprint": fp, "history": history,
             "epochs_run": len(history), "stopped_by": rule.reason(history) or "interrupted",
             "best_epoch": rule.best_index(history) + 1, "best_val_loss": min(h["val_loss"] for h in history),
             "train_seconds": time.perf_counter() - start}
+
+
+class _Call(torch.nn.Module):
+    """``forward(fn, *args) = fn(*args)``: a loss closure over ``model`` run as the forward of one module holding it,
+    so that DDP wraps whatever the closure calls (``model.bart``, ``leave_one_out_loss``, ``model(...)``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args):
+        return fn(*args)
 
 
 def _weighted_mean(pairs: list[tuple[float, int]]) -> float:
@@ -291,7 +320,7 @@ def train_denoise(cfg: MultimodalSumConfig, progress: bool = True, on_epoch_end:
     tok = build_tokenizer(cfg.model.pretrained, corpus.tokenizer_texts(), cfg.model.vocab_size, cfg.model.bpe_min_frequency)
     hours = fit_hours(corpus.hours_strings(), cfg.model.hours_ks, cfg.model.hours_coverage) if cfg.modalities.table else None
     set_seed(sc.init_seed)
-    device = select_device(sc.device)
+    device = distributed.device_for(select_device(sc.device))
     model = build_model(cfg, tok).to(device)
     info = {"tokenizer_vocab": tok.vocab_size, "tokenizer_texts": len(corpus.tokenizer_texts()),
             "hours_k": hours.k if hours is not None else 0, "skipped_entities": dict(corpus.skipped),
@@ -403,7 +432,7 @@ def _start(cfg: MultimodalSumConfig, stage: str, upstream: str):
     apply_threads(cfg)
     set_seed(sc.init_seed)
     model, state, tok, hours = load_model(upstream)
-    return model.to(select_device(sc.device)), state, tok, hours
+    return model.to(distributed.device_for(select_device(sc.device))), state, tok, hours
 
 
 def skipped(stage: str, upstream: dict, reason: str) -> dict:

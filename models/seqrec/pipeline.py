@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.common import tracking
+from models.common import distributed, tracking
 from models.common.checkpoint import atomic_torch_save
 from models.common.contract import Evaluation, ModelSpec, RunIdentity, Stage, dvc_address
 from models.common.seed import select_device
@@ -48,9 +48,11 @@ def train(cfg: SeqRecConfig, run_id: str, done: dict) -> dict:
     """Train until the stopping rule; per-epoch metrics to ``run_id``; the best weights' path and why it stopped."""
     log_epoch = tracking.EpochLogger(run_id)
     model, history = recipe.train(cfg, on_epoch_end=[log_epoch])
+    weights = Path("outputs") / "seqrec" / run_id / "model.pt"
+    if not distributed.is_main():  # under torchrun rank 0 writes and reports; the flow takes its result
+        return {"weights": str(weights)}
     log_epoch.backfill(history)  # epochs restored from a checkpoint of an earlier attempt
-    weights = atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
-                                Path("outputs") / "seqrec" / run_id / "model.pt")
+    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     curves = tracking.write_history_csv(history, report.plots_dir(cfg) / "learning_curve.csv")
     tracking.log_file(run_id, curves, "plots")
     best = max(history, key=lambda h: h[recipe.SELECT_METRIC])
@@ -114,7 +116,7 @@ MODEL = ModelSpec.of(
     name="seqrec",
     description="Sequential recommenders: FaNC (reconstruction), GRU4Rec, SASRec on the S3-Rec sequences.",
     config=SeqRecConfig,
-    stages=(Stage("train", train),),
+    stages=(Stage("train", train, distributed=True),),
     variants=VARIANTS,
     data_targets=("download@s3rec_sequences", "preprocess_seqrec"),
     example="data.dataset=Yelp --set train.epochs=5",

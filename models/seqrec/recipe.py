@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models.common import distributed
 from models.common.checkpoint import atomic_torch_save, check_finite, load_checkpoint, run_epochs
 from models.common.config import fingerprint as config_fingerprint
 from models.common.seed import generator, select_device, set_seed
@@ -55,7 +56,9 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device
              ks: Iterable[int] | None = None) -> dict[str, float]:
     model.eval()
     ranks = []
-    for start in range(0, len(split.targets), cfg.eval.batch_users):
+    # under torchrun each rank ranks a contiguous share of the batches; gathered in rank order, the ranks are in the
+    # single-process order (and the sampled protocol's seeds, seed + start, are the same)
+    for start in distributed.shard(range(0, len(split.targets), cfg.eval.batch_users)):
         sl = slice(start, start + cfg.eval.batch_users)
         h = model(split.inputs[sl].to(device))[:, -1]
         scores = model.score(h).float().cpu()
@@ -65,7 +68,8 @@ def evaluate(model: torch.nn.Module, split: EvalSplit, cfg: SeqRecConfig, device
         else:
             ranks.append(sampled_ranks(scores, split.targets[sl], history, cfg.eval.n_negatives, seed + start))
     model.train()
-    return ranking_metrics(torch.cat(ranks), ks or cfg.eval.ks)
+    local = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return ranking_metrics(torch.cat(distributed.gather_objects(local)), ks or cfg.eval.ks)
 
 
 def stop_rule(cfg: SeqRecConfig) -> StopRule:
@@ -81,8 +85,13 @@ def train(
     on_epoch_end: Iterable[Callable[[int, dict[str, float]], None]] = (),
     progress: bool = True,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Train until early stopping; returns the best-validation model and the per-epoch history."""
-    device = select_device(cfg.train.device)
+    """Train until early stopping; returns the best-validation model and the per-epoch history.
+
+    Under torchrun (:mod:`models.common.distributed`) each global batch of ``train.batch_size`` users is split
+    over the ranks and the cross-entropy sum is divided by the global number of targets, so W processes make the
+    update of one; rank 0 writes ``best.pt`` and the checkpoints."""
+    d = distributed.current()
+    device = distributed.device_for(select_device(cfg.train.device))
     data = data or load_data(cfg)
     t = cfg.train
     set_seed(t.init_seed)
@@ -94,29 +103,45 @@ def train(
     if t.resume and best_path.exists():
         best["score"] = float(load_checkpoint(best_path)["score"])
     users = len(data.train_inputs)
+    step_model = distributed.wrap(_TrainStep(model), d)
 
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         perm = torch.randperm(users, generator=generator(t.order_seed, epoch))
         total, n, clip_sum, clip_batches = 0.0, 0, 0.0, 0
         started = time.perf_counter()
-        for step, idx in enumerate(tqdm(perm.split(t.batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
-            inputs, targets = data.train_inputs[idx].to(device), data.train_targets[idx].to(device)
+        batches = perm.split(t.batch_size)
+        for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not (progress and d.main))):
+            idx = distributed.shard(idx, d)
+            inputs = distributed.to_device(data.train_inputs[idx], device)
+            targets = distributed.to_device(data.train_targets[idx], device)
             valid = targets > 0
-            if not valid.any():
-                continue
-            logits = model.score(model(inputs)[valid])
-            logits[:, 0] = -math.inf
-            loss = F.cross_entropy(logits, targets[valid])
+            if d.world == 1:
+                if not valid.any():
+                    continue
+                loss = F.cross_entropy(step_model(inputs, valid), targets[valid])
+                count = int(valid.sum())
+                loss_sum = float(loss.detach()) * count
+            else:  # the sum over this rank's targets / (global targets / world): DDP's mean is the global mean
+                count = int(valid.sum())
+                n_global = distributed.global_sum(count, d)
+                if not n_global:
+                    continue
+                summed = F.cross_entropy(step_model(inputs, valid), targets[valid], reduction="sum")
+                loss = summed / (n_global / d.world)
+                loss_sum = float(summed.detach())
             check_finite(loss, epoch=epoch, step=step, ckpt_dir=ckpt_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * int(valid.sum())
-            n += int(valid.sum())
+            total += loss_sum
+            n += count
             if getattr(model, "last_clip_fraction", None) is not None and getattr(model.cfg, "gravity", False):
                 clip_sum, clip_batches = clip_sum + float(model.last_clip_fraction), clip_batches + 1
         train_seconds = time.perf_counter() - started
+        if d.world > 1:
+            sums = distributed.sum_dict({"total": total, "n": n, "clip_sum": clip_sum, "clip_batches": clip_batches}, d)
+            total, n, clip_sum, clip_batches = sums["total"], int(sums["n"]), sums["clip_sum"], int(sums["clip_batches"])
         metrics = {"train_loss": total / max(n, 1), "train_seconds": train_seconds,
                    "train_seq_per_s": users / train_seconds, "train_targets_per_s": n / train_seconds}
         if clip_batches:
@@ -127,12 +152,28 @@ def train(
         metrics["valid_seconds"] = time.perf_counter() - started
         if metrics[SELECT_METRIC] > best["score"]:
             best["score"] = metrics[SELECT_METRIC]
-            state = {k: v.cpu() for k, v in model.state_dict().items()}
-            atomic_torch_save({"model": state, "score": best["score"], "epoch": epoch + 1}, best_path)
+            if d.main:  # the other ranks read it after run_epochs' barrier
+                state = {k: v.cpu() for k, v in model.state_dict().items()}
+                atomic_torch_save({"model": state, "score": best["score"], "epoch": epoch + 1}, best_path)
         return metrics
 
     history = run_epochs(model=model, optimizer=opt, epochs=t.epochs, ckpt_dir=ckpt_dir, fingerprint=fingerprint(cfg),
                          seed=t.init_seed, train_epoch=train_epoch, on_epoch_end=on_epoch_end,
                          should_stop=stop_rule(cfg), resume=t.resume, progress=progress)
+    distributed.barrier(d)
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     return model, history
+
+
+class _TrainStep(torch.nn.Module):
+    """The training forward (hidden states -> logits over the items at the target positions), as one module so
+    that DDP sees the whole computation (``score`` shares the item table with the input embedding)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        logits = self.model.score(self.model(inputs)[valid])
+        logits[:, 0] = -math.inf
+        return logits
