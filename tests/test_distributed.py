@@ -64,7 +64,6 @@ def _run(model: str, cfg, spec, stages, tag: str, monkeypatch, nproc: int | None
 
     if nproc:
         monkeypatch.setenv("PAPERFLOWS_NPROC_PER_NODE", str(nproc))
-        monkeypatch.setenv("PAPERFLOWS_RDZV_ENDPOINT", f"127.0.0.1:{free_port()}")
     else:
         monkeypatch.delenv("PAPERFLOWS_NPROC_PER_NODE", raising=False)
     run_id = tracking.start_run(f"ddp-{model}", tag, {})

@@ -102,9 +102,13 @@ def _batches(ds: SceneGraphDataset, batch_size: int, order: list[int], num_worke
     if d.world == 1:
         subset = torch.utils.data.Subset(ds, order)
         return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
-    parts = [list(distributed.shard(order[i:i + batch_size], d)) for i in range(0, len(order), batch_size)
-             if len(order[i:i + batch_size]) >= d.world]
+    parts = [list(distributed.shard(b, d)) for b in _global_batches(order, batch_size, d.world)]
     return DataLoader(ds, batch_sampler=parts, collate_fn=collate, num_workers=num_workers)
+
+
+def _global_batches(order: list[int], batch_size: int, world: int) -> list[list[int]]:
+    """The global batches of ``order`` that every one of ``world`` processes gets a part of."""
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size) if len(order[i:i + batch_size]) >= world]
 
 
 def _reduce_count(d: distributed.Dist):
@@ -224,8 +228,7 @@ def train_stage(cfg: EgtrConfig, stage: str, init_from: str | Path | None = None
             sums, seen, n = {}, {}, 0
             optimizer.zero_grad(set_to_none=True)
             batches = _batches(train_ds, sc.batch_size, order, sc.num_workers)
-            global_sizes = [len(order[i:i + sc.batch_size]) for i in range(0, len(order), sc.batch_size)
-                            if len(order[i:i + sc.batch_size]) >= d.world]
+            global_sizes = [len(b) for b in _global_batches(order, sc.batch_size, d.world)]
             bar = tqdm(batches, desc=f"{stage} {phase} epoch {epoch + 1}", leave=False, disable=not progress)
             for step, (pixel_values, pixel_mask, targets) in enumerate(bar):
                 syncs = (step + 1) % sc.grad_accum == 0 or step + 1 == len(batches)
