@@ -127,8 +127,11 @@ class LMScorer:
     def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int | None = 32768,
                  max_batch_logits: int | None = 2 ** 24,
                  max_length: int | None = None, softmax_dtype: torch.dtype | None = None,
-                 share_prefixes: bool = True, cache_prefixes: bool = True, seed: int = 1234) -> None:
+                 share_prefixes: bool = True, cache_prefixes: bool = True, seed: int = 1234,
+                 progress: bool = True) -> None:
         self.model = model.eval()
+        # progress bars on stderr: rows scored / generated per call
+        self.progress = progress
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max_batch_tokens
@@ -286,6 +289,7 @@ class LMScorer:
         hosts, host_of = self._hosts(reqs, self.share_prefixes if share_prefixes is None else share_prefixes)
         self.stats["requests"] += len(reqs)
         self.stats["forward_rows"] += len(hosts)
+        bar = self._bar(len(hosts), "log-likelihood rows")
         members: list[list[int]] = [[] for _ in hosts]
         for i, h in enumerate(host_of):
             members[h].append(i)
@@ -293,7 +297,7 @@ class LMScorer:
         plain = list(range(len(hosts)))
         if self.cache_prefixes and (self.share_prefixes if share_prefixes is None else share_prefixes):
             try:
-                plain = self._score_cached(reqs, hosts, members, results)
+                plain = self._score_cached(reqs, hosts, members, results, bar)
             except (TypeError, AttributeError, NotImplementedError) as err:  # a model without a batch-selectable cache
                 warnings.warn(f"{type(self.model).__name__}: no shared-prefix cache ({type(err).__name__}: {err}); "
                               "every row runs in full", stacklevel=2)
@@ -318,7 +322,18 @@ class LMScorer:
             logits = self.model(ids.to(self.device), **kwargs).logits
             self.stats["forward_calls"] += 1
             self._gather(logits, [(b, i, s if col is None else col[s]) for b, i, s in spans], reqs, results)
+            bar.update(len(batch))
+        bar.close()
         return results  # type: ignore[return-value]
+
+    def _bar(self, total: int, desc: str):
+        """A tqdm bar over ``total`` rows (off with ``progress=False``); one refresh per 10 s at most in a log file."""
+        import sys
+
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="row", disable=not self.progress or total == 0,
+                    mininterval=0.5 if sys.stderr.isatty() else 10.0, file=sys.stderr)
 
     def _gather(self, logits, spans: list[tuple[int, int, int]], reqs: list[_Req], results: list) -> None:
         """Score request ``i``'s continuation at ``logits[row, col : col + len(cont)]`` for each ``(row, i, col)``.
@@ -359,7 +374,8 @@ class LMScorer:
             results[i] = (float(ll), bool(g))
             start += m
 
-    def _score_cached(self, reqs: list[_Req], hosts: list[_Req], members: list[list[int]], results: list) -> list[int]:
+    def _score_cached(self, reqs: list[_Req], hosts: list[_Req], members: list[list[int]], results: list,
+                      bar=None) -> list[int]:
         """Rows whose requests share the context part of their input (the choices of one question) with other rows:
         the shared prefix runs once, its key/value cache is copied to each row, and only the row's own tail (the
         last context token and the continuation) runs on it. Returns the rows left for the plain path."""
@@ -377,11 +393,15 @@ class LMScorer:
             if batch and (rows + len(hs) > self.batch_size or (self.max_batch_tokens and (rows + len(hs)) * (
                     len(batch[0][0]) + max(tail, t)) > self.max_batch_tokens)):
                 self._cached_batch(batch, reqs, hosts, members, results)
+                if bar is not None:
+                    bar.update(rows)
                 batch, rows, tail = [], 0, 0
             batch.append((key, hs))
             rows, tail = rows + len(hs), max(tail, t)
         if batch:
             self._cached_batch(batch, reqs, hosts, members, results)
+            if bar is not None:
+                bar.update(rows)
         return [h for h in range(len(hosts)) if h not in done]
 
     def _cached_batch(self, batch, reqs, hosts, members, results) -> None:
@@ -431,6 +451,7 @@ class LMScorer:
             groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
         out: list[str | None] = [None] * len(requests)
         bos = tok.bos_token
+        bar = self._bar(len(requests), "generations")
         with torch.inference_mode():
             for idxs in groups.values():
                 kw = normalize_gen_kwargs(requests[idxs[0]][1], default_max_gen_toks)
@@ -459,6 +480,8 @@ class LMScorer:
                     self.stats["generate_calls"] = self.stats.get("generate_calls", 0) + 1
                     for i, row in zip(batch, gen[:, width:].tolist()):
                         out[i] = cut_at_stops(tok.decode(row, skip_special_tokens=True), until)
+                    bar.update(len(batch))
+        bar.close()
         return out  # type: ignore[return-value]
 
 

@@ -90,6 +90,8 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
             for c, req in enumerate(reqs):
                 pairs.append(req)
                 owners.append((t, e, c))
+    if pairs:
+        print(f"log-likelihood: {len(pairs)} requests of {len(mc)} multiple-choice tasks", flush=True)
     scores = scorer.loglikelihood(pairs) if pairs else []
     per_doc: dict[tuple[str, int], list] = {}
     for (t, e, c), s in zip(owners, scores):
@@ -114,6 +116,7 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
 
     for t in [t for t in leaf_tasks if TASKS[t].output_type == "loglikelihood_rolling"]:
         exs = examples[t]
+        print(f"{t}: rolling log-likelihood of {len(exs)} documents", flush=True)
         lls = scorer.loglikelihood_rolling([ex.text for ex in exs])
         counts = [wikitext_counts(ex.doc) for ex in exs]
         samples[t] = [{"task": t, "doc_id": ex.doc_id, "prompt": ex.text, "loglikelihood": ll, "words": w,
@@ -122,6 +125,8 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
 
     gen = [t for t in leaf_tasks if TASKS[t].output_type == "generate_until"]
     gen_reqs = [(ex.context, gen_settings[t]) for t in gen for ex in examples[t] for _ in range(TASKS[t].repeats)]
+    if gen_reqs:
+        print(f"generation: {len(gen_reqs)} requests of {len(gen)} tasks", flush=True)
     texts = iter(scorer.generate_until(gen_reqs) if gen_reqs else [])
     for t in gen:
         task = TASKS[t]
@@ -160,7 +165,7 @@ def evaluate(model_path: str | Path, tasks: list[str], *, data_root: str | Path 
         res = run_chat_bench(t, root=data_root, model=scorer.model, tokenizer=scorer.tokenizer,
                              model_dir=model_path if model_path.is_dir() else None,
                              question_ids=[ex.doc["question_id"] for ex in examples[t]], max_new_tokens=budget,
-                             seed=seed, progress=False)
+                             seed=seed, progress=getattr(scorer, "progress", False))
         judged = {(j["question_id"], j["turn"]): j for j in (res["judgements"] or [])}
         samples[t] = [{"task": t, **a, "judgements": [judged.get((a["question_id"], n)) for n in (1, 2)]
                        if res["judgements"] is not None else None} for a in res["answers"]]
